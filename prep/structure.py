@@ -91,7 +91,7 @@ REPETITION_MAX_LAG = 8
 PEAK_REL_THRESHOLD = 0.3
 """A boundary's weighted novelty must reach this fraction of the strongest."""
 
-PEAK_ABS_THRESHOLD = 0.05
+PEAK_ABS_THRESHOLD = 0.08
 """...and this absolute novelty (similarity units), so a static track stays one segment."""
 
 GRID_PRIOR = {8: 1.0, 4: 0.9, 2: 0.7, 1: 0.6}
@@ -107,7 +107,10 @@ OUTRO_DROP_DB = 3.0
 """How far (dB, mean over bands) an outro sits below the most intense segment."""
 
 SILENT_DB = 40.0
-"""Bars this far (dB) below the loudest bar count as silent for ``mix_in``."""
+"""Bars this far (dB) below the loudest bar count as silent for ``mix_in`` and ``energy``."""
+
+SILENCE_DBFS = -70.0
+"""Bars quieter than this (dBFS) are silent whatever the rest of the track does."""
 
 _N_BANDS = 6
 _FEATURE_SR = 22050
@@ -280,8 +283,8 @@ def bar_features(y: np.ndarray, sr: int, edges: np.ndarray, beats_per_bar: int) 
     dict of np.ndarray, each ``(n, d)``
         ``timbre`` (MFCC 1-12 per beat), ``harmony`` (chroma per beat),
         ``rhythm`` (onset strength per sixteenth, normalised per bar),
-        ``energy`` (loudness dB, low-band dB below 150 Hz, onset density) and
-        ``bands`` (level in dB of ``_N_BANDS`` log-spaced bands, 30 Hz up).
+        ``energy`` (level in dBFS, level below 150 Hz in dBFS, onset density)
+        and ``bands`` (level in dBFS of ``_N_BANDS`` log-spaced bands, 30 Hz up).
     """
     import librosa
     import scipy.fft
@@ -305,18 +308,22 @@ def bar_features(y: np.ndarray, sr: int, edges: np.ndarray, beats_per_bar: int) 
     flux = np.maximum(np.diff(log_mel, axis=1, prepend=log_mel[:, :1]), 0.0).mean(axis=0, keepdims=True)
 
     n_bars = len(edges) - 1
+    # Parseval: one-sided power summed over bins -> mean square of the signal,
+    # so levels read in dBFS (a full-scale sine is -3 dBFS).
+    to_ms = 2.0 / (n_fft * np.sum(np.hanning(n_fft + 1)[:-1] ** 2))
 
     def per_bar(frames_: np.ndarray, n_sub: int) -> np.ndarray:
         m = _slice_means(frames_, times, _sub_edges(edges, n_sub))  # (d, n_bars * n_sub)
         return m.reshape(m.shape[0], n_bars, n_sub).transpose(1, 2, 0).reshape(n_bars, -1)
 
     def db(v: np.ndarray) -> np.ndarray:
-        return 10.0 * np.log10(np.maximum(v, 1e-10))
+        return 10.0 * np.log10(np.maximum(v, 1e-12))
 
     rhythm = per_bar(flux, beats_per_bar * 4)
     rhythm = rhythm / np.maximum(rhythm.max(axis=1, keepdims=True), 1e-6)
     level = _slice_means(np.vstack([filtered[rows["total"]], filtered[rows["low"]], flux,
                                     filtered[rows["bands"]]]), times, edges).T
+    level[:, np.r_[0, 1, 3:3 + _N_BANDS]] *= to_ms
     return {
         "timbre": per_bar(mfcc, beats_per_bar),
         "harmony": per_bar(chroma, beats_per_bar),
@@ -707,7 +714,9 @@ def analyze_structure(y: np.ndarray, sr: int, beats: np.ndarray, downbeats: np.n
     mix_in = _mix_in(phrase_bars, edges, loud)
     mix_out = _mix_out(phrase_bars, cuts, edges, first, last, intensity, bpb, vocal_regions)
     real = slice(first, last)
-    energy = np.clip(1.0 + (intensity - intensity[real].max()) / SILENT_DB, 0.0, 1.0)[real]
+    energy = np.clip(1.0 + (intensity - intensity[real].max()) / SILENT_DB, 0.0, 1.0)
+    energy[loud < SILENCE_DBFS] = 0.0
+    energy = energy[real]
     novelty = nov[first:last] / max(nov[first:last + 1].max(), 1e-9)
     return Structure(segments, phrases, mix_in, mix_out, bar_starts=edges[first:last].copy(),
                      energy=energy, novelty=novelty)
@@ -721,7 +730,7 @@ def _trivial(db: np.ndarray, duration: float) -> Structure:
 
 
 def _mix_in(phrase_bars: list[tuple[int, int]], edges: np.ndarray, loud: np.ndarray) -> float:
-    audible = loud >= loud.max() - SILENT_DB
+    audible = (loud >= loud.max() - SILENT_DB) & (loud >= SILENCE_DBFS)
     for a, b in phrase_bars:
         if audible[a:b].any():
             return float(edges[a])

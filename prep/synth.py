@@ -768,32 +768,41 @@ class _Synth:
                 start = self.step_sample(bar.index, step)
                 stop = self.step_sample(bar.index, step + length)
                 n = stop - start - int(0.004 * self.sr)  # a hair of space so repeated notes re-articulate
-                vel = (0.95 if step % 4 == 0 else 0.82) * 10 ** (rng.uniform(-0.5, 0.5) / 20)
+                vel = min(1.0, (0.95 if step % 4 == 0 else 0.82) * 10 ** (rng.uniform(-0.5, 0.5) / 20))
                 buf[start:start + n] += vel * self._bass_note(pitch, n)
                 notes.append(Note(self.step_time(bar.index, step), (start + n) / self.sr, pitch, round(vel, 3)))
         return buf, notes
 
     # ---- chords (the "other" stem)
 
-    def _pad(self, pitches: tuple[int, ...], n: int) -> np.ndarray:
-        """Detuned saws, low-passed; left and right get different detunes for width."""
-        body_n = self.bucket(n)
-        key = ("pad", pitches, body_n)
+    def _pad_voice(self, pitch: int, body_n: int) -> np.ndarray:
+        """One pad note: detuned saws, low-passed; left and right get different detunes for width.
+
+        Cached per pitch (filtering is linear, so chords are sums of these),
+        since the chords of a progression share most of their notes.
+        """
+        key = ("padvoice", pitch, body_n)
         if key not in self._cache:
             sr = self.sr
             t = np.arange(body_n) / sr
             out = np.zeros((body_n, 2))
-            for pitch in pitches:
-                f0 = _midi_hz(pitch)
-                for ch, cents in ((0, (-9.0, 4.0)), (1, (-4.0, 9.0))):
-                    for c, ph0 in zip(cents, (0.13, 0.61)):
-                        f = f0 * 2 ** (c / 1200)
-                        out[:, ch] += _saw(f * t + ph0 + 0.21 * pitch, f / sr)
-            lp = _butter(2, 1600.0, "low", sr)
-            out = signal.sosfilt(lp, out, axis=0) / (2.0 * len(pitches))
+            f0 = _midi_hz(pitch)
+            for ch, cents in ((0, (-9.0, 4.0)), (1, (-4.0, 9.0))):
+                for c, ph0 in zip(cents, (0.13, 0.61)):
+                    f = f0 * 2 ** (c / 1200)
+                    out[:, ch] += _saw(f * t + ph0 + 0.21 * pitch, f / sr)
+            out = signal.sosfilt(_butter(2, 1600.0, "low", sr), out, axis=0)
             out *= _env_ar(body_n, int(0.12 * sr), 0)[:, None]
-            self._cache[key] = out
-        return self._cache[key][:n] * _env_ar(n, 0, int(0.15 * self.sr))[:, None]
+            self._cache[key] = out.astype(np.float32)
+        return self._cache[key]
+
+    def _pad(self, pitches: tuple[int, ...], n: int) -> np.ndarray:
+        body_n = self.bucket(n)
+        key = ("pad", pitches, body_n)
+        if key not in self._cache:
+            out = sum(self._pad_voice(p, body_n) for p in pitches)
+            self._cache[key] = out * np.float32(1.0 / (2.0 * len(pitches)))
+        return self._cache[key][:n] * _env_ar(n, 0, int(0.15 * self.sr)).astype(np.float32)[:, None]
 
     def _epiano(self, pitch: int, n: int) -> np.ndarray:
         """Two-operator FM with a decaying index: a soft electric-piano tine."""

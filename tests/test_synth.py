@@ -144,21 +144,23 @@ def test_sections_tile_the_track(house):
 def _kick_onset_errors_s(track) -> np.ndarray:
     """Onset of each truth kick, measured in the drum stem's low band.
 
-    Kicks are the only drums with energy below 200 Hz; the onset is the first
-    sample of a +-20 ms window whose low-band level reaches 30 % of the hit's peak.
+    Kicks are the only drums with much energy below 200 Hz; the onset is the
+    first sample of a +-20 ms window whose low-band level reaches 30 % of the
+    hit's peak. Kicks less than 250 ms after another kick or snare are
+    skipped: the earlier drum's tail still rings in the low band there.
     """
     pad = 2000
     drums = np.concatenate([np.zeros(pad), track.stems["drums"].mean(axis=1).astype(float)])
     low = np.abs(signal.sosfilt(signal.butter(2, 200, fs=SR, output="sos"), drums))
     win = int(0.02 * SR)
+    low_hits = np.array([t for t, kind in track.truth.drum_hits if kind in ("kick", "snare")])
     errors = []
     for time_s, kind in track.truth.drum_hits:
-        if kind != "kick":
+        if kind != "kick" or np.any((low_hits < time_s) & (low_hits > time_s - 0.25)):
             continue
         c = int(round(time_s * SR)) + pad
-        # The threshold sits above whatever still rings from an earlier kick.
-        threshold = 0.3 * low[c:c + int(0.05 * SR)].max() + low[c - win:c - int(0.001 * SR)].max()
-        errors.append((np.argmax(low[c - win:c + win] > threshold) - win) / SR)
+        ref = low[c:c + int(0.05 * SR)].max()
+        errors.append((np.argmax(low[c - win:c + win] > 0.3 * ref) - win) / SR)
     return np.array(errors)
 
 
@@ -166,7 +168,7 @@ def _kick_onset_errors_s(track) -> np.ndarray:
 def test_kicks_start_at_truth_times(name, request):
     track = request.getfixturevalue(name)
     errors = _kick_onset_errors_s(track)
-    assert len(errors) >= 16
+    assert len(errors) >= 8
     # A causal 200 Hz low-pass and the sine's rise delay the measured onset by ~1 ms.
     assert np.all(errors >= -0.0005) and np.all(errors <= 0.002), (errors.min(), errors.max())
 
@@ -231,8 +233,8 @@ def _krumhansl_key(x: np.ndarray) -> tuple[int, str]:
 
     major = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
     minor = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
-    y = signal.resample_poly(x.mean(axis=1).astype(float), 1, 2)
-    chroma = librosa.feature.chroma_cqt(y=y, sr=SR // 2, hop_length=4096).sum(axis=1)
+    y = signal.resample_poly(x.mean(axis=1).astype(float), 1, 4)
+    chroma = librosa.feature.chroma_cqt(y=y, sr=SR // 4, hop_length=2048).sum(axis=1)
     scores = [(np.corrcoef(chroma, np.roll(prof, tonic))[0, 1], tonic, mode)
               for mode, prof in (("major", major), ("minor", minor)) for tonic in range(12)]
     _, tonic, mode = max(scores)
@@ -292,16 +294,25 @@ def test_repeated_sections_repeat():
     spec = TrackSpec(structure=[["chorus", 8], ["breakdown", 8], ["chorus", 8]], seed=21)
     t = generate(spec).truth
     first, second = t.sections[0], t.sections[2]
+
+    def notes_in(stem, start_s, end_s):
+        sel = [n for n in t.notes[stem] if start_s <= n.start_s < end_s]
+        return np.array([n.start_s - start_s for n in sel]), [n.pitch for n in sel]
+
     for stem in ("vocals", "other", "bass"):
-        a = [(round(n.start_s - first.start_s, 6), n.pitch) for n in t.notes[stem] if first.start_s <= n.start_s < first.end_s]
-        b = [(round(n.start_s - second.start_s, 6), n.pitch) for n in t.notes[stem] if second.start_s <= n.start_s < second.end_s]
-        assert a and a == b, stem
+        (ta, pa), (tb, pb) = notes_in(stem, first.start_s, first.end_s), notes_in(stem, second.start_s, second.end_s)
+        assert pa and pa == pb, stem
+        np.testing.assert_allclose(ta, tb, atol=1e-6)
     # Within a chorus the 4-bar motif repeats.
-    bar = 4 * 60.0 / spec.bpm
-    vox = [(round(n.start_s, 6), n.pitch) for n in t.notes["vocals"] if n.start_s < first.end_s]
-    first_half = [(s, p) for s, p in vox if s < 4 * bar]
-    second_half = [(round(s - 4 * bar, 6), p) for s, p in vox if s >= 4 * bar]
-    assert first_half == second_half
+    half = t.downbeats[4]
+    (ta, pa), (tb, pb) = notes_in("vocals", 0.0, half), notes_in("vocals", half, first.end_s)
+    assert pa and pa == pb
+    np.testing.assert_allclose(ta, tb, atol=1e-6)
+    # ... and the verse sings a different motif.
+    verse = generate(TrackSpec(structure=[["verse", 4], ["chorus", 4]], seed=21)).truth
+    v = [n.pitch for n in verse.notes["vocals"] if n.start_s < verse.sections[1].start_s]
+    c = [n.pitch for n in verse.notes["vocals"] if n.start_s >= verse.sections[1].start_s]
+    assert v and c and v != c
 
 
 # --------------------------------------------------------------------------- determinism, I/O, sets
