@@ -15,17 +15,21 @@ ATE's estimator, step by step (the constants are below, with their reasons):
    (vinyl rips, pitched decks, old tape); everything after this step uses the
    estimated reference.
 3. Tonal part: a soft mask keeps spectral peaks that are stable in time
-   (median over ~1 s) and narrow in frequency (median over ~40 Hz), as in
-   median-filtering harmonic/percussive separation (Fitzgerald 2010).
-   Broadband drum hits and noise fall away; sustained chords, bass and vocals
-   stay.
+   (median over five frames, ~1 s) and stand above the local spectral floor
+   (geometric mean over ~40 Hz), in the manner of median-filtering
+   harmonic/percussive separation (D. Fitzgerald, "Harmonic/percussive
+   separation using median filtering", DAFx 2010). Broadband drum hits and
+   noise fall away; sustained chords, bass and vocals stay.
 4. The masked power spectrum is pooled into semitone bands (a raised-cosine
    kernel one semitone wide around each tuned pitch), giving a semitone
-   magnitude spectrogram from G1 to B6, which is log-compressed
-   (``log(1 + 100 x / max)``) so that one loud instrument or section does not
-   decide the key alone.
-5. Two chroma vectors are summed over all frames (loud frames weigh more):
-   the *treble* chroma over C3-B6 and the *bass* chroma over G1-F#3.
+   magnitude spectrogram from A1 to B6, which is log-compressed
+   (``log(1 + 100 x / max)``) so that one loud instrument does not decide
+   the key alone.
+5. Each frame is folded into a 12-bin chroma and normalised to its maximum,
+   and the frames are summed: every moment of the track has the same say,
+   so a loud drop does not outvote the verses (the normalisation librosa's
+   chroma and Essentia's HPCP use too). Two such chroma vectors are made:
+   the *treble* chroma over C2-B6 and the *bass* chroma over A1-G#3.
 6. Every key gets a score: the Pearson correlation of the treble chroma with
    Sha'ath's key profile for that key (I. Sha'ath, "Estimation of key in
    digital music recordings", MSc thesis, Birkbeck, University of London,
@@ -33,8 +37,8 @@ ATE's estimator, step by step (the constants are below, with their reasons):
    music, whose minor profile accepts the natural minor's flat seventh), plus
    :data:`BASS_WEIGHT` times the correlation of the bass chroma with the key's
    tonic: bass lines sit on the tonic more than on any other note, which
-   separates a key from its relative major/minor and from its dominant, the
-   two classic confusions.
+   helps to separate a key from its relative major/minor, the classic
+   confusion of template matching.
 
 The confidence is described in :func:`estimate_key`.
 """
@@ -249,15 +253,16 @@ semitones apart down to about 50 Hz."""
 HOP = 2048
 """STFT hop at :data:`KEY_SR`: 0.19 s (75 % overlap, every sample is seen)."""
 
-BASS_MIDI = (31, 55)
-"""Bass chroma range, MIDI notes [lo, hi): G1 (49 Hz) to F#3 (185 Hz)."""
+BASS_MIDI = (33, 57)
+"""Bass chroma range, MIDI notes [lo, hi): A1 (55 Hz) to G#3 (208 Hz)."""
 
-TREBLE_MIDI = (48, 96)
-"""Treble chroma range, MIDI notes [lo, hi): C3 (131 Hz) to B6 (1976 Hz)."""
+TREBLE_MIDI = (36, 96)
+"""Treble chroma range, MIDI notes [lo, hi): C2 (65 Hz) to B6 (1976 Hz)."""
 
-BASS_WEIGHT = 0.5
-"""Weight of the bass-tonic correlation next to the treble profile correlation.
-Half: the bass is one voice, the treble carries the harmony."""
+BASS_WEIGHT = 0.15
+"""Weight of the bass-tonic correlation next to the treble profile correlation:
+a tie-breaker between keys the treble cannot tell apart (a key and its
+relative share all seven notes), not a second opinion of equal weight."""
 
 LOG_GAMMA = 100.0
 """Log compression ``log(1 + gamma x / max)``: 40 dB of range mapped to about 4.6."""
@@ -355,7 +360,7 @@ def _key_features(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.nd
     power = _stft_power(y)
     tuning = _estimate_tuning(power)
 
-    lo_midi, hi_midi = BASS_MIDI[0], TREBLE_MIDI[1]
+    lo_midi, hi_midi = min(BASS_MIDI[0], TREBLE_MIDI[0]), max(BASS_MIDI[1], TREBLE_MIDI[1])
     f_hi = 440.0 * 2 ** ((hi_midi + 0.5 - 69 + tuning) / 12)
     n_bins = int(math.ceil(f_hi * N_FFT / KEY_SR)) + 2
     p = power[:, :n_bins]
@@ -368,16 +373,23 @@ def _key_features(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
     kernel = _semitone_kernel(tuning, n_bins, lo_midi, hi_midi)
     semis = np.sqrt(tonal @ kernel)  # (frames, notes), magnitude
-    ref = float(semis.max())
-    if ref <= 0.0:
+    energy = np.einsum("ij,ij->i", semis, semis)
+    if not np.any(energy > 0):
         return np.zeros(12), np.zeros(12), semis, tuning
-    semis = np.log1p(LOG_GAMMA * semis / ref)
+    # Every frame counts the same after the per-frame normalisation below,
+    # so digital silence and dither (100 dB under the loudest frame) are
+    # dropped; quiet but musical frames (fade-outs, reverb tails) stay.
+    semis = semis[energy > 1e-10 * energy.max()]
+    semis = np.log1p(LOG_GAMMA * semis / semis.max())
+
+    notes = np.arange(lo_midi, hi_midi)
 
     def fold(a: int, b: int) -> np.ndarray:
-        seg = semis[:, a - lo_midi:b - lo_midi].sum(axis=0)
-        chroma = np.zeros(12)
-        np.add.at(chroma, np.arange(a, b) % 12, seg)
-        return chroma
+        to_chroma = ((notes[:, None] % 12 == np.arange(12)[None, :]) & (notes[:, None] >= a)
+                     & (notes[:, None] < b)).astype(semis.dtype)
+        frames = semis @ to_chroma
+        peak = frames.max(axis=1, keepdims=True)
+        return (frames / np.maximum(peak, 1e-12)).sum(axis=0, dtype=np.float64)
 
     return fold(*TREBLE_MIDI), fold(*BASS_MIDI), semis, tuning
 
@@ -409,8 +421,11 @@ def estimate_key(y: np.ndarray, sr: int) -> KeyEstimate:
           (a score 0.05 below the winner counts e times less);
         * *tonality*: how far the treble chroma is from flat, as
           ``1 - exp(-(cv / 0.15)^2)`` of its coefficient of variation
-          ``cv = std / mean``. Noise and drums have a nearly flat long-term
-          chroma (cv well below 0.1), music in a key has cv 0.3 and more.
+          ``cv = std / mean``. White or pink noise reads cv < 0.05, a drum
+          loop about 0.1, tonal music 0.2 and more (measured on generated
+          pop tracks and on rendered Bach chorales); 0.15 sits between.
+
+        Silence returns C major with confidence 0.
     """
     treble, bass, _semis, tuning = _key_features(y, sr)
     if not np.any(treble > 0):

@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -124,7 +123,7 @@ class PrepReport:
         if self.moved:
             parts.append(f"{self.moved} moved/renamed")
         if self.duplicates:
-            parts.append(f"{self.duplicates} duplicates")
+            parts.append(f"{self.duplicates} duplicate{'s' if self.duplicates != 1 else ''}")
         parts.append(f"{len(self.failed)} failed")
         print(f"prep {self.crate_dir}: {self.files} audio files in {self.elapsed_s:.1f} s: {', '.join(parts)}",
               file=out)
@@ -232,7 +231,10 @@ def _init_worker(known: frozenset[str]) -> None:
     global _known_hashes
     _known_hashes = known
     # Ctrl-C is the main process's business: it cancels and terminates us.
+    # SIGINT arrives blocked (see _sigint_blocked); ignoring it before
+    # unblocking discards one that is pending.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _one_line(err: BaseException) -> str:
@@ -283,24 +285,28 @@ def _thread_limits(threads: int) -> Iterator[None]:
 
 
 @contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ignore Ctrl-C while starting worker processes, so that they inherit the
-    ignore and a Ctrl-C during their (slow) imports does not print tracebacks."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _sigint_blocked() -> Iterator[None]:
+    """Hold Ctrl-C back while starting worker processes.
+
+    A spawned worker inherits the blocked mask, so a Ctrl-C during its slow
+    imports (before :func:`_init_worker` ignores SIGINT) prints no traceback.
+    Blocking, unlike ignoring, keeps the signal pending for this process: it
+    is raised here as soon as the block ends, never lost.
+    """
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _kill_pool(pool: ProcessPoolExecutor) -> None:
-    pool.shutdown(wait=False, cancel_futures=True)
-    # shutdown() lets running jobs finish; after Ctrl-C we want out now.
-    # _processes is private but has been stable since Python 3.2.
+    # shutdown() alone lets running jobs finish (and the interpreter waits for
+    # them at exit); after Ctrl-C we want out now, so the workers are
+    # terminated too. _processes is private but stable since Python 3.2, and
+    # must be read before shutdown(), which drops it.
     processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
     for proc in processes:
         if proc.is_alive():
             proc.terminate()
@@ -311,10 +317,12 @@ def _kill_pool(pool: ProcessPoolExecutor) -> None:
 class _Runner:
     """Feeds jobs to workers (or runs them in-process) and yields their outcomes as they finish."""
 
-    def __init__(self, workers: int, known: set[str], still_needed: Callable[[_Job], bool]):
+    def __init__(self, workers: int, known: set[str], still_needed: Callable[[_Job], bool],
+                 on_start: Callable[[_Job], None] | None = None):
         self.workers = workers
         self.known = frozenset(known)
         self.still_needed = still_needed
+        self.on_start = on_start or (lambda job: None)
         self.queue: deque[_Job] = deque()
 
     def run(self, jobs: list[_Job]) -> Iterator[_Outcome]:
@@ -346,7 +354,10 @@ class _Runner:
         saved, _known_hashes = _known_hashes, self.known
         try:
             while (item := self._take()) is not None:
-                yield item if isinstance(item, _Outcome) else _process(item)
+                if isinstance(item, _Job):
+                    self.on_start(item)
+                    item = _process(item)
+                yield item
         finally:
             _known_hashes = saved
 
@@ -386,7 +397,7 @@ class _Runner:
                     if isinstance(item, _Outcome):
                         yield item
                         continue
-                    with _sigint_ignored():
+                    with _sigint_blocked():
                         futures[pool.submit(_process, item)] = item
                 if not futures:
                     break
@@ -473,7 +484,7 @@ class _Progress:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
         self.bar = Progress(
-            TextColumn("[bold]prep[/]"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]prep[/]"), BarColumn(bar_width=30), MofNCompleteColumn(),
             TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
             TextColumn("{task.fields[current]}", markup=False),
         )
@@ -491,13 +502,23 @@ class _Progress:
         if self.bar is not None:
             self.bar.stop()
 
+    @staticmethod
+    def _short(name: str) -> str:
+        return name if len(name) <= 40 else "…" + name[-39:]
+
+    def starting(self, name: str) -> None:
+        """Show the file being worked on (in-process runs, where there is one at a time)."""
+        if self.bar is not None:
+            self.bar.update(self.task, current=self._short(name))
+
     def advance(self, name: str) -> None:
+        """Count one file done and show it."""
         if self.bar is None:
             return
         self.count += 1
         minutes = max(time.monotonic() - self.started, 1e-6) / 60
         self.bar.update(self.task, advance=1, rate=f"{self.count / minutes:.1f} tracks/min",
-                        current=name if len(name) <= 40 else "…" + name[-39:])
+                        current=self._short(name))
 
 
 def prep_crate(crate_dir: Path, db_path: str | Path | None = None, workers: int | None = None,
@@ -565,13 +586,15 @@ def prep_crate(crate_dir: Path, db_path: str | Path | None = None, workers: int 
             return cached is None or not crate.is_analysed(cached, ANALYSIS_VERSION)
 
         pool_size = max(1, min(workers, len(jobs)))
-        runner = _Runner(pool_size, known, still_needed)
+        bar = _Progress(progress and sys.stdout.isatty(), len(jobs), report.known)
+        runner = _Runner(pool_size, known, still_needed, on_start=lambda job: bar.starting(Path(job.rel).name))
+        # One process per core already uses the machine; with fewer workers
+        # than cores each may use the spare cores for its own threads.
         threads = max(1, (os.cpu_count() or 1) // pool_size)
         limits = _thread_limits(threads) if pool_size > 1 else nullcontext()
-        show = progress and sys.stdout.isatty()
         outcomes = runner.run(jobs)
         try:
-            with limits, _Progress(show, len(jobs), report.known) as bar:
+            with limits, bar:
                 for outcome in outcomes:
                     _commit(crate, outcome, report, runner)
                     bar.advance(Path(outcome.job.rel).name)

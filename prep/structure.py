@@ -89,7 +89,7 @@ REPETITION_MAX_LAG = 8
 """Longest loop, in bars, that :func:`repetition_novelty` looks for."""
 
 PEAK_REL_THRESHOLD = 0.3
-"""A boundary's weighted novelty must reach this fraction of the strongest."""
+"""A boundary's weighted novelty must reach this fraction of the strongest peaks' (mean of three)."""
 
 PEAK_ABS_THRESHOLD = 0.08
 """...and this absolute novelty (similarity units), so a static track stays one segment."""
@@ -113,7 +113,7 @@ SILENCE_DBFS = -70.0
 """Bars quieter than this (dBFS) are silent whatever the rest of the track does."""
 
 _N_BANDS = 6
-_FEATURE_SR = 22050
+_REFERENCE_SR = 22050
 
 
 @dataclass
@@ -155,8 +155,11 @@ class Structure:
     bar_starts : np.ndarray
         ``(n_bars,)`` start time of each bar of the grid, in seconds.
     energy : np.ndarray
-        ``(n_bars,)`` per-bar intensity in [0, 1]: mean band level, 1 at the
-        most intense bar, 0 at ``SILENT_DB`` below it.
+        ``(n_bars,)`` per-bar intensity in [0, 1]: the mean over six bands of
+        each band's level relative to its own loud level (so it drops both
+        when the track gets quieter and when elements stop), 1 at the most
+        intense bar, 0 at ``SILENT_DB`` below it and for bars under
+        ``SILENCE_DBFS``.
     novelty : np.ndarray
         ``(n_bars,)`` boundary novelty at each bar start in [0, 1] (1 at the
         strongest change).
@@ -206,7 +209,7 @@ def bar_edges(downbeats: np.ndarray, duration_s: float) -> tuple[np.ndarray, int
         Indices into ``edges`` of the first downbeat and of the end of the
         last bar that starts on a real downbeat.
     """
-    db = np.asarray(downbeats, dtype=float)
+    db = np.unique(np.asarray(downbeats, dtype=float))
     db = db[(db >= 0) & (db < duration_s)]
     period = float(np.median(np.diff(db)))
     end = min(duration_s, db[-1] + period)
@@ -290,7 +293,7 @@ def bar_features(y: np.ndarray, sr: int, edges: np.ndarray, beats_per_bar: int) 
     import scipy.fft
 
     # ~93 ms windows at any rate: enough resolution for chroma down to ~100 Hz.
-    n_fft = int(2 ** np.round(np.log2(sr * 2048 / _FEATURE_SR)))
+    n_fft = int(2 ** np.round(np.log2(sr * 2048 / _REFERENCE_SR)))
     hop = n_fft // 4
     fb, rows = _filterbank(sr, n_fft)
     x = np.pad(np.asarray(y, dtype=np.float32), n_fft // 2)
@@ -497,42 +500,44 @@ def grid_prior(n_edges: int, first: int, novelty: np.ndarray) -> np.ndarray:
     return prior
 
 
-def pick_boundaries(score: np.ndarray, lo: int, hi: int, min_bars: int = MIN_SEGMENT_BARS,
-                    novelty: np.ndarray | None = None) -> list[int]:
-    """Greedy peak picking: strongest first, ``min_bars`` apart, within ``(lo, hi)``.
+def pick_boundaries(score: np.ndarray, candidates: np.ndarray, novelty: np.ndarray | None = None,
+                    min_bars: int = MIN_SEGMENT_BARS) -> list[int]:
+    """Greedy peak picking: strongest first, at least ``min_bars`` apart.
 
     Parameters
     ----------
     score : np.ndarray
         Weighted novelty per bar edge.
-    lo, hi : int
-        Edges that are fixed boundaries (analysis start and end); candidates
-        lie strictly between and at least ``min_bars`` from both.
+    candidates : np.ndarray
+        Edge indices that may become boundaries.
     novelty : np.ndarray, optional
         Raw novelty for the absolute threshold (defaults to ``score``).
+    min_bars : int
+        Smallest distance between two chosen boundaries, in bars.
 
     Returns
     -------
     list of int
-        Sorted edge indices.
+        Sorted edge indices. A boundary is taken only if it is the highest
+        score within two bars, reaches ``PEAK_REL_THRESHOLD`` times the mean
+        of the three strongest peaks of ``score`` and has a raw novelty of at
+        least ``PEAK_ABS_THRESHOLD``.
     """
     raw = score if novelty is None else novelty
-    cand = np.arange(lo + 1, hi)
-    if cand.size == 0:
+    cand = np.asarray(candidates, dtype=int)
+    peaks = score[1:-1][(score[1:-1] >= score[:-2]) & (score[1:-1] >= score[2:]) & (score[1:-1] > 0)]
+    if cand.size == 0 or peaks.size == 0:
         return []
-    top = score[cand].max()
-    if top <= 0:
-        return []
+    # The reference is the mean of the three strongest peaks, not the single
+    # strongest, so one extreme change (a silent break) does not mute the rest.
+    top = float(np.mean(np.sort(peaks)[-3:]))
     chosen: list[int] = []
     for b in cand[np.argsort(-score[cand], kind="stable")]:
         if score[b] < PEAK_REL_THRESHOLD * top or raw[b] < PEAK_ABS_THRESHOLD:
             break
-        # A peak of the score must dominate its neighbourhood, else it is the
-        # shoulder of a boundary already taken or about to be.
-        nb = score[max(lo, b - 2):b + 3]
-        if score[b] < nb.max():
-            continue
-        if b - lo < min_bars or hi - b < min_bars:
+        # A peak must dominate its neighbourhood, else it is the shoulder of
+        # a boundary already taken or about to be.
+        if score[b] < score[max(0, b - 2):b + 3].max():
             continue
         if any(abs(b - c) < min_bars for c in chosen):
             continue
@@ -666,14 +671,14 @@ def analyze_structure(y: np.ndarray, sr: int, beats: np.ndarray, downbeats: np.n
     Structure
     """
     y = np.asarray(y, dtype=np.float32)
-    if y.ndim == 2:
-        y = y.mean(axis=1) if y.shape[1] <= 2 else y.mean(axis=0)
+    if y.ndim == 2:  # (frames, channels) or (channels, frames)
+        y = y.mean(axis=int(np.argmin(y.shape)))
     duration = float(duration_s) if duration_s is not None else len(y) / sr
     bpb = max(1, int(beats_per_bar))
-    db = np.asarray(downbeats, dtype=float)
+    db = np.unique(np.asarray(downbeats, dtype=float))
     db = db[(db >= 0) & (db < duration)]
     if len(db) < 2:
-        bt = np.asarray(beats, dtype=float)
+        bt = np.unique(np.asarray(beats, dtype=float))
         bt = bt[(bt >= 0) & (bt < duration)]
         db = bt[::bpb]
     if len(db) < 2 or len(y) < sr:
@@ -686,14 +691,14 @@ def analyze_structure(y: np.ndarray, sr: int, beats: np.ndarray, downbeats: np.n
     nov = novelty_curve(sim) + repetition_novelty(group_similarity(feats, "harmony"))
     score = nov * grid_prior(n + 1, first, nov)
 
-    # Boundaries only at real downbeats; extrapolated bars only give context.
-    lo, hi = first, last
-    inner = pick_boundaries(score, lo, hi, novelty=nov)
-    # The lead-in becomes its own segment only when it is long and different.
-    cuts = [0] + inner + [n]
-    if first >= 2 and score[first] >= PEAK_REL_THRESHOLD * max(score.max(), 1e-9) \
-            and nov[first] >= PEAK_ABS_THRESHOLD and score[first] >= score[first:first + 3].max():
-        cuts = [0, first] + inner + [n]
+    # Boundaries only at real downbeats (extrapolated bars only give context),
+    # leaving MIN_SEGMENT_BARS to either end of the signal. A lead-in of two
+    # bars or more may become a segment of its own, when it differs from what
+    # follows.
+    cand = np.arange(max(first + 1, MIN_SEGMENT_BARS), min(last, n - MIN_SEGMENT_BARS + 1))
+    if first >= 2:
+        cand = np.concatenate([[first], cand])
+    cuts = [0] + [b for b in pick_boundaries(score, cand, novelty=nov) if b > 0] + [n]
     labels = cluster_labels(label_similarity(feats, cuts))
 
     seg_times = [edges[c] for c in cuts]

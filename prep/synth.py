@@ -22,6 +22,7 @@ reused, which keeps a three-minute track well under two seconds on one core.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import asdict, dataclass, field
@@ -32,9 +33,10 @@ import numpy as np
 from scipy import signal
 
 from prep.audio import SAMPLE_RATE, write_audio
+from prep.key import PITCH_CLASSES, key_name
 
 __all__ = [
-    "STEMS", "SECTION_NAMES", "STYLES", "PITCH_CLASSES", "DEFAULT_STRUCTURE", "DEFAULT_SECTION_STEMS",
+    "STEMS", "SECTION_NAMES", "STYLES", "DRUM_KINDS", "PITCH_CLASSES", "DEFAULT_STRUCTURE", "DEFAULT_SECTION_STEMS",
     "TrackSpec", "Section", "Note", "Chord", "Truth", "GeneratedTrack",
     "generate", "write_track", "write_stems", "load_truth", "standard_set", "demo_specs", "key_name",
 ]
@@ -44,7 +46,6 @@ STEMS = ("drums", "bass", "vocals", "other")
 
 SECTION_NAMES = ("intro", "verse", "chorus", "breakdown", "outro")
 STYLES = ("house", "breakbeat", "dnb", "hiphop", "waltz")
-PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 DRUM_KINDS = ("kick", "snare", "closed_hat", "open_hat")
 
 DEFAULT_STRUCTURE: tuple[tuple[str, int], ...] = (
@@ -79,10 +80,6 @@ _TAIL_S = 1.0
 
 
 # --------------------------------------------------------------------------- spec & truth
-
-def key_name(tonic: int, mode: str) -> str:
-    """``(9, "minor") -> "A minor"``; sharps only."""
-    return f"{PITCH_CLASSES[int(tonic) % 12]} {mode}"
 
 
 @dataclass
@@ -327,10 +324,19 @@ class _Clock:
 # --------------------------------------------------------------------------- DSP helpers
 
 def _saw(phase_cycles: np.ndarray, dt: np.ndarray | float) -> np.ndarray:
-    """Band-limited (polyBLEP) sawtooth from an unwrapped phase in cycles."""
+    """Band-limited (polyBLEP) sawtooth from an unwrapped phase in cycles; ``dt`` = f / sr."""
     t = phase_cycles % 1.0
-    dt = np.broadcast_to(np.asarray(dt, dtype=float), t.shape)
     y = 2.0 * t - 1.0
+    if np.ndim(dt) == 0:
+        # Constant pitch: the discontinuities are one sample wide, so only
+        # the few samples next to each wrap need the correction.
+        i = np.flatnonzero(t < dt)
+        x = t[i] / dt
+        y[i] -= x + x - x * x - 1.0
+        i = np.flatnonzero(t > 1.0 - dt)
+        x = (t[i] - 1.0) / dt
+        y[i] -= x * x + x + x + 1.0
+        return y
     m = t < dt
     x = t[m] / dt[m]
     y[m] -= x + x - x * x - 1.0
@@ -365,15 +371,26 @@ def _butter(order: int, cutoff_hz, kind: str, sr: int) -> np.ndarray:
     return signal.butter(order, cutoff_hz, btype=kind, fs=sr, output="sos")
 
 
+@functools.lru_cache(maxsize=64)
+def _ramp_up(n: int) -> np.ndarray:
+    return (np.arange(1, n + 1) / n).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _ramp_down(n: int) -> np.ndarray:
+    """Raised-cosine fade from 1 to exactly 0 over ``n`` samples."""
+    return (0.5 + 0.5 * np.cos(np.linspace(0.0, math.pi, n))).astype(np.float32)
+
+
 def _env_ar(n: int, attack_n: int, release_n: int) -> np.ndarray:
-    """Linear-attack, raised-cosine-release gate of length ``n`` that ends at exactly 0."""
-    env = np.ones(n)
+    """Linear-attack, raised-cosine-release float32 gate of length ``n`` that ends at exactly 0."""
+    env = np.ones(n, dtype=np.float32)
     a = min(attack_n, n)
     if a > 0:
-        env[:a] = np.linspace(0.0, 1.0, a, endpoint=False) + 1.0 / a
+        env[:a] = _ramp_up(a)
     r = min(release_n, n - a)
     if r > 0:
-        env[n - r:] *= 0.5 + 0.5 * np.cos(np.linspace(0.0, math.pi, r))
+        env[n - r:] *= _ramp_down(r)
     if n:
         env[-1] = 0.0
     return env
@@ -744,13 +761,14 @@ class _Synth:
                 sos = np.vstack([_lowpass_sos(fc, 2.2, sr), _lowpass_sos(fc, 0.707, sr)])
                 out[pos:end], zi = signal.sosfilt(sos, src[pos:end], zi=zi)
                 pos = end
-            self._cache[key] = np.tanh(1.3 * out)
+            self._cache[key] = np.tanh(1.3 * out).astype(np.float32)
         y = self._cache[key][:n] * _env_ar(n, int(0.003 * self.sr), int(0.025 * self.sr))
         return y
 
     def render_bass(self) -> tuple[np.ndarray, list[Note]]:
         rng, spb = self.rng, self.spb
-        options = _BASS_PATTERNS[self.spec.style if self.spb == 16 or self.spec.style == "waltz" else "waltz"]
+        # 3/4 bars take the waltz riffs whatever the drum style: 4/4 riffs cut short sound broken.
+        options = _BASS_PATTERNS[self.spec.style if self.spb == 16 else "waltz"]
         section_pattern = {name: _pattern_for_meter(options[rng.integers(len(options))], spb) for name in SECTION_NAMES}
         buf = np.zeros(self.n_frames, dtype=np.float32)
         notes: list[Note] = []
@@ -802,7 +820,7 @@ class _Synth:
         if key not in self._cache:
             out = sum(self._pad_voice(p, body_n) for p in pitches)
             self._cache[key] = out * np.float32(1.0 / (2.0 * len(pitches)))
-        return self._cache[key][:n] * _env_ar(n, 0, int(0.15 * self.sr)).astype(np.float32)[:, None]
+        return self._cache[key][:n] * _env_ar(n, 0, int(0.15 * self.sr))[:, None]
 
     def _epiano(self, pitch: int, n: int) -> np.ndarray:
         """Two-operator FM with a decaying index: a soft electric-piano tine."""
@@ -816,7 +834,7 @@ class _Synth:
             y = np.sin(2 * np.pi * f0 * t + index * np.sin(2 * np.pi * f0 * t))
             y += 0.12 * np.sin(2 * np.pi * 14.0 * f0 * t) * np.exp(-t / 0.02)  # the tine's bark
             y *= np.exp(-t / 1.1) * _env_ar(body_n, int(0.002 * sr), 0)
-            self._cache[key] = y
+            self._cache[key] = y.astype(np.float32)
         return self._cache[key][:n] * _env_ar(n, 0, int(0.03 * self.sr))
 
     def render_other(self) -> tuple[np.ndarray, list[Note]]:
@@ -903,7 +921,11 @@ class _Synth:
                     pool = candidates
                 dist = np.array([abs(p - current) for p in pool], dtype=float)
                 pull = np.array([abs(p - centre) for p in pool], dtype=float)
-                w = np.exp(-0.5 * (dist / 2.5) ** 2 - 0.08 * pull) * (dist > 0 if len(pool) > 1 and rng.random() < 0.7 else 1)
+                # Prefer small steps and the middle of the range; usually move
+                # rather than repeat, as sung lines do.
+                w = np.exp(-0.5 * (dist / 2.5) ** 2 - 0.08 * pull)
+                if len(pool) > 1 and rng.random() < 0.7:
+                    w = w * (dist > 0)
                 w = w + 1e-9
                 current = int(rng.choice(pool, p=w / w.sum()))
                 vel = 0.85 if step % 8 == 0 else 0.72
@@ -929,7 +951,7 @@ class _Synth:
             y = 0.35 * signal.sosfilt(_butter(2, 900.0, "low", sr), src)  # body below the first formant
             for fc, bw, g in zip(freqs, bws, (1.0, 0.6, 0.35)):
                 y += g * signal.sosfilt(_bandpass_sos(fc, fc / bw, sr), src)
-            self._cache[key] = y * _env_ar(body_n, int(0.05 * sr), 0)
+            self._cache[key] = (y * _env_ar(body_n, int(0.05 * sr), 0)).astype(np.float32)
         return self._cache[key][:n] * _env_ar(n, 0, int(0.06 * self.sr))
 
     def render_vocals(self) -> tuple[np.ndarray, list[Note]]:
@@ -994,6 +1016,18 @@ def _active_rms(x: np.ndarray, spans: list[tuple[int, int]]) -> float:
     return math.sqrt(total / count) if count and total > 0 else 0.0
 
 
+def _mix_peak(raw: dict[str, np.ndarray], gains: dict[str, float], block: int = 1 << 16) -> float:
+    """Peak of the gain-weighted sum of stems, in cache-sized blocks (no full-length temporaries)."""
+    peak = 0.0
+    g = {k: np.float32(v) for k, v in gains.items()}
+    for a in range(0, raw["drums"].shape[0], block):
+        b = a + block
+        m = raw["drums"][a:b] * g["drums"] + raw["other"][a:b] * g["other"]
+        m += (raw["bass"][a:b] * g["bass"] + raw["vocals"][a:b] * g["vocals"])[:, None]
+        peak = max(peak, float(m.max()), -float(m.min()))
+    return peak
+
+
 # --------------------------------------------------------------------------- public API
 
 def generate(spec: TrackSpec | None = None) -> GeneratedTrack:
@@ -1040,26 +1074,22 @@ def generate(spec: TrackSpec | None = None) -> GeneratedTrack:
 
     # Balance the stems by their RMS while playing, then give all of them the
     # same gain so that the mix peaks at _PEAK_DBFS and still is their sum.
-    # Bass and vocals are mono until here; everything stays float32 to keep
-    # full-length passes cheap.
+    gains = {}
     for k in STEMS:
         rms = _active_rms(raw[k], spans[k])
-        raw[k] *= np.float32(10 ** (_STEM_RMS_DB[k] / 20) / rms if rms > 0 else 1.0)
-    mix = raw["drums"] + raw["other"]
-    mix += (raw["bass"] + raw["vocals"])[:, None]
-    peak = max(float(mix.max()), -float(mix.min())) or 1.0
-    del mix
-    norm = np.float32(10 ** (_PEAK_DBFS / 20) / peak)
+        gains[k] = 10 ** (_STEM_RMS_DB[k] / 20) / rms if rms > 0 else 1.0
+    norm = 10 ** (_PEAK_DBFS / 20) / (_mix_peak(raw, gains) or 1.0)
     stems = {}
     for k in STEMS:
+        g = np.float32(gains[k] * norm)
         x = raw[k]
-        if x.ndim == 1:
+        if x.ndim == 1:  # bass and vocals are rendered mono and centred
             out = np.empty((x.shape[0], 2), dtype=np.float32)
-            np.multiply(x, norm, out=out[:, 0])
+            np.multiply(x, g, out=out[:, 0])
             out[:, 1] = out[:, 0]
         else:
             out = x
-            out *= norm
+            out *= g
         stems[k] = out
 
     beats = s.clock.time(np.arange(s.n_bars * s.bpb))

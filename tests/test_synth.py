@@ -146,7 +146,7 @@ def _kick_onset_errors_s(track) -> np.ndarray:
 
     Kicks are the only drums with much energy below 200 Hz; the onset is the
     first sample of a +-20 ms window whose low-band level reaches 30 % of the
-    hit's peak. Kicks less than 250 ms after another kick or snare are
+    hit's peak. Kicks less than 400 ms after another kick or snare are
     skipped: the earlier drum's tail still rings in the low band there.
     """
     pad = 2000
@@ -156,7 +156,7 @@ def _kick_onset_errors_s(track) -> np.ndarray:
     low_hits = np.array([t for t, kind in track.truth.drum_hits if kind in ("kick", "snare")])
     errors = []
     for time_s, kind in track.truth.drum_hits:
-        if kind != "kick" or np.any((low_hits < time_s) & (low_hits > time_s - 0.25)):
+        if kind != "kick" or np.any((low_hits < time_s) & (low_hits > time_s - 0.4)):
             continue
         c = int(round(time_s * SR)) + pad
         ref = low[c:c + int(0.05 * SR)].max()
@@ -164,9 +164,12 @@ def _kick_onset_errors_s(track) -> np.ndarray:
     return np.array(errors)
 
 
-@pytest.mark.parametrize("name", ["house", "drifting", "waltz"])
+@pytest.mark.parametrize("name", ["house", "house_drift", "waltz"])
 def test_kicks_start_at_truth_times(name, request):
-    track = request.getfixturevalue(name)
+    if name == "house_drift":  # slowing down after a lead-in: every kick off the 1/sr grid differently
+        track = generate(TrackSpec(bpm=122, tempo_drift_bpm=-5, lead_in_s=0.5013, structure=[["chorus", 8]], seed=4))
+    else:
+        track = request.getfixturevalue(name)
     errors = _kick_onset_errors_s(track)
     assert len(errors) >= 8
     # A causal 200 Hz low-pass and the sine's rise delay the measured onset by ~1 ms.
