@@ -35,6 +35,8 @@ def run_demo(folder: Path, workers: int | None = None) -> int:
     paths = write_demo_crate(folder)
     report = prep_crate(folder, workers=workers)
     report.print_summary()
+    if report.interrupted:
+        return 130
     with Crate(default_db_path(folder), readonly=True) as crate:
         rows = crate.list_tracks(sort="bpm")
     print()

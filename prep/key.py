@@ -22,14 +22,16 @@ ATE's estimator, step by step (the constants are below, with their reasons):
    noise fall away; sustained chords, bass and vocals stay.
 4. The masked power spectrum is pooled into semitone bands (a raised-cosine
    kernel one semitone wide around each tuned pitch), giving a semitone
-   magnitude spectrogram from A1 to B6, which is log-compressed
-   (``log(1 + 100 x / max)``) so that one loud instrument does not decide
-   the key alone.
+   magnitude spectrogram from A1 to B6. For the harmony it is
+   log-compressed (``log(1 + 100 x / max)``) so that one loud instrument
+   does not decide the key alone.
 5. Each frame is folded into a 12-bin chroma and normalised to its maximum,
    and the frames are summed: every moment of the track has the same say,
    so a loud drop does not outvote the verses (the normalisation librosa's
    chroma and Essentia's HPCP use too). Two such chroma vectors are made:
-   the *treble* chroma over C2-B6 and the *bass* chroma over A1-G#3.
+   the *treble* chroma over C2-B6 from the log-compressed spectrogram, and
+   the *bass* chroma over A1-G#3 from the uncompressed one, where the one
+   bass note of a frame stands out best.
 6. Every key gets a score: the Pearson correlation of the treble chroma with
    Sha'ath's key profile for that key (I. Sha'ath, "Estimation of key in
    digital music recordings", MSc thesis, Birkbeck, University of London,
@@ -259,10 +261,10 @@ BASS_MIDI = (33, 57)
 TREBLE_MIDI = (36, 96)
 """Treble chroma range, MIDI notes [lo, hi): C2 (65 Hz) to B6 (1976 Hz)."""
 
-BASS_WEIGHT = 0.15
+BASS_WEIGHT = 0.3
 """Weight of the bass-tonic correlation next to the treble profile correlation:
-a tie-breaker between keys the treble cannot tell apart (a key and its
-relative share all seven notes), not a second opinion of equal weight."""
+enough to tip the balance between keys the treble cannot tell apart (a key
+and its relative share all seven notes), too little to outvote the harmony."""
 
 LOG_GAMMA = 100.0
 """Log compression ``log(1 + gamma x / max)``: 40 dB of range mapped to about 4.6."""
@@ -380,18 +382,20 @@ def _key_features(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.nd
     # so digital silence and dither (100 dB under the loudest frame) are
     # dropped; quiet but musical frames (fade-outs, reverb tails) stay.
     semis = semis[energy > 1e-10 * energy.max()]
-    semis = np.log1p(LOG_GAMMA * semis / semis.max())
-
     notes = np.arange(lo_midi, hi_midi)
 
-    def fold(a: int, b: int) -> np.ndarray:
+    def fold(x: np.ndarray, a: int, b: int) -> np.ndarray:
         to_chroma = ((notes[:, None] % 12 == np.arange(12)[None, :]) & (notes[:, None] >= a)
-                     & (notes[:, None] < b)).astype(semis.dtype)
-        frames = semis @ to_chroma
+                     & (notes[:, None] < b)).astype(x.dtype)
+        frames = x @ to_chroma
         peak = frames.max(axis=1, keepdims=True)
         return (frames / np.maximum(peak, 1e-12)).sum(axis=0, dtype=np.float64)
 
-    return fold(*TREBLE_MIDI), fold(*BASS_MIDI), semis, tuning
+    # Harmony is log-compressed so that quieter voices count; the bass stays
+    # linear, because one bass note per frame should stand out against the
+    # kick drum's tail and the partials that share its octaves.
+    compressed = np.log1p(LOG_GAMMA * semis / semis.max())
+    return fold(compressed, *TREBLE_MIDI), fold(semis, *BASS_MIDI), compressed, tuning
 
 
 _SHAATH = key_templates(SHAATH_MAJOR, SHAATH_MINOR)

@@ -58,6 +58,8 @@ class PrepReport:
 
     Attributes
     ----------
+    files : int
+        Audio files found by the scan.
     new : int
         Tracks analysed and added.
     updated : int
@@ -77,6 +79,8 @@ class PrepReport:
         Seconds of audio analysed (new and updated tracks).
     interrupted : bool
         The run was stopped by Ctrl-C; what was committed is kept.
+    pending : int
+        Files left undone by an interrupted run.
     """
 
     crate_dir: Path

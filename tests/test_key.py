@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -180,10 +179,9 @@ def test_silence_and_tiny_input():
     assert est.confidence == 0.0
 
 
-def test_three_minutes_take_well_under_a_second(tracks):
+def test_long_track_gives_the_same_key_as_its_excerpt(tracks):
+    # Speed is measured by `ate bench analysis`; here a looped 3-minute
+    # version of a track must keep the excerpt's key.
     mono = tracks[2][1]
     y = np.tile(mono, int(np.ceil(180 * SR / len(mono))))[: 180 * SR]
-    estimate_key(y[: SR * 5], SR)
-    start = time.perf_counter()
-    estimate_key(y, SR)
-    assert time.perf_counter() - start < 1.0
+    assert estimate_key(y, SR).name == estimate_key(mono, SR).name
