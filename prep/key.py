@@ -417,7 +417,8 @@ def estimate_key(y: np.ndarray, sr: int) -> KeyEstimate:
     -------
     KeyEstimate
         ``scores`` holds the 24 combined scores (treble correlation plus
-        :data:`BASS_WEIGHT` x bass-tonic correlation). ``confidence`` is the
+        :data:`BASS_WEIGHT` x bass-tonic correlation, divided by
+        ``1 + BASS_WEIGHT`` to stay within -1..1). ``confidence`` is the
         product of two numbers in 0..1:
 
         * *decisiveness*: the softmax probability of the winning key over
