@@ -82,15 +82,6 @@ class BeatGrid:
     steady: bool
     first_downbeat_index: int = 0
 
-    def to_dict(self) -> dict:
-        return {
-            "bpm": self.bpm,
-            "beats": self.beats.tolist(),
-            "downbeats": self.downbeats.tolist(),
-            "beats_per_bar": self.beats_per_bar,
-            "steady_tempo": self.steady,
-        }
-
 
 def _flux(log_mel: np.ndarray) -> np.ndarray:
     # Half-wave rectified first difference, averaged over bands; the first
