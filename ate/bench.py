@@ -7,11 +7,22 @@ noisy; see docs/benchmarks.md for how to read them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from importlib import import_module
+
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "analysis": ("prep.bench", "bench_analysis"),
+    "separate": ("prep.bench_separate", "bench_separate"),
+    "stems": ("prep.bench_stems", "bench_stems"),
+    "stretch": ("engine.bench_stretch", "bench_stretch"),
+}
+"""Benchmark name -> (module, function); modules import lazily (some load torch)."""
+
 
 def run_benchmark(what: str, quick: bool = False) -> dict:
-    """Run the benchmark named ``what`` ("analysis")."""
-    if what == "analysis":
-        from prep.bench import bench_analysis
-
-        return bench_analysis(quick=quick)
-    raise ValueError(f"unknown benchmark {what!r}")
+    """Run the benchmark named ``what`` (one of :data:`BENCHMARKS`)."""
+    if what not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {what!r}; expected one of {', '.join(BENCHMARKS)}")
+    module, function = BENCHMARKS[what]
+    bench: Callable[..., dict] = getattr(import_module(module), function)
+    return bench(quick=quick)

@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from ate.bench import BENCHMARKS
+
 EXIT_OK = 0
 EXIT_FAILURES = 1  # the job ran, but some inputs failed
 EXIT_USAGE = 2
@@ -37,13 +39,26 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return status
 
 
+def _separator_choice(args: argparse.Namespace):
+    """The separator the separation options name, or None for ``--separator none``."""
+    from prep.separate import choose_separator
+
+    if args.separator == "none":
+        return None
+    return choose_separator(args.separator, model=args.model, model_dir=args.model_dir, device=args.device,
+                            shifts=args.shifts, overlap=args.overlap, segment=args.segment)
+
+
 def _cmd_prep(args: argparse.Namespace) -> int:
     from prep.crate import CrateError
     from prep.pipeline import prep_crate
+    from prep.separate import SeparationError
 
     try:
-        report = prep_crate(Path(args.crate), db_path=args.db, workers=args.workers, progress=not args.no_progress)
-    except (NotADirectoryError, CrateError, ValueError) as err:
+        choice = _separator_choice(args)
+        report = prep_crate(Path(args.crate), db_path=args.db, workers=args.workers, progress=not args.no_progress,
+                            separator=choice)
+    except (NotADirectoryError, CrateError, ValueError, SeparationError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     report.print_summary()
@@ -70,6 +85,152 @@ def _cmd_crate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_separate(args: argparse.Namespace) -> int:
+    from prep.audio import SAMPLE_RATE, AudioError, load_audio
+    from prep.separate import SeparationError, separate_track
+    from prep.stems import export_ni_stems, export_stem_folder
+
+    try:
+        choice = _separator_choice(args) if args.separator != "none" else None
+        if choice is None:
+            raise ValueError("--separator none makes no stems")
+        separator = choice.build()
+    except (SeparationError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.output)
+    status = EXIT_OK
+    for path in args.paths:
+        target = out if len(args.paths) == 1 else out / Path(path).name.split(".")[0]
+        try:
+            samples = load_audio(path)
+            with _progress_bar(f"separate {Path(path).name} ({choice.name})") as progress:
+                stems = separate_track(samples, separator, fold=args.fold, progress=progress)
+        except (AudioError, SeparationError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            status = EXIT_FAILURES
+            continue
+        if args.format == "stem.mp4":
+            target.mkdir(parents=True, exist_ok=True)
+            written = export_ni_stems(target / f"{Path(path).name.split('.')[0]}.stem.mp4", stems, mix=samples,
+                                      sample_rate=SAMPLE_RATE)
+            print(f"{path}: {written}")
+        else:
+            export_stem_folder(target, stems, sample_rate=SAMPLE_RATE, fmt=args.format,
+                               subtype="FLOAT" if args.format == "wav" else "PCM_24")
+            print(f"{path}: {target}/{{drums,bass,vocals,other}}.{args.format} ({choice.name}, fold {args.fold})")
+    return status
+
+
+class _progress_bar:
+    """A rich progress bar fed with fractions 0..1 (a no-op when stdout is not a terminal)."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+
+    def __enter__(self):
+        if sys.stdout.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn(self.label), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+            self.task = self.bar.add_task(self.label, total=1.0)
+            self.bar.start()
+        return self
+
+    def __call__(self, fraction: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=min(1.0, max(0.0, float(fraction))))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from prep.separate import MODEL_DIR_ENV, SeparationError, list_models
+
+    try:
+        models = list_models(args.model_dir)
+    except SeparationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(models))
+        return EXIT_OK
+    for m in models:
+        where = m.get("location") or "-"
+        print(f"{m['name']:<16} {m['status']:<10} {m.get('kind') or '':<6} {where}")
+    if not any(m["status"] == "available" for m in models):
+        print(f"no demucs weights found: prep falls back to the DSP separator. Put the model files into a folder "
+              f"and pass --model-dir or set {MODEL_DIR_ENV} (see docs/separation.md)")
+    return EXIT_OK
+
+
+def _open_track(crate_arg: str, db_arg: str | None, query: str):
+    """``(crate, track row)`` for a track query, or an error message."""
+    from prep.crate import Crate, default_db_path
+
+    db = Path(db_arg) if db_arg else default_db_path(Path(crate_arg))
+    if not db.exists():
+        return None, f"{db}: no crate database (run `ate prep {crate_arg}` first)"
+    crate = Crate(db)
+    found = crate.find_tracks(query)
+    if len(found) != 1:
+        crate.close()
+        what = "no track" if not found else f"{len(found)} tracks"
+        return None, f"{query}: {what} in {db} match (give a path, a title or a hash prefix)"
+    return crate, found[0]
+
+
+def _cmd_stems(args: argparse.Namespace) -> int:
+    from prep.stems import (StemFileError, export_ni_stems, export_stem_folder, import_ni_stems,
+                            import_stem_folder, read_stem_file, write_stem_file)
+
+    crate, track = _open_track(args.crate, args.db, args.track)
+    if crate is None:
+        print(f"error: {track}", file=sys.stderr)
+        return EXIT_USAGE
+    with crate:
+        try:
+            if args.action == "export":
+                stored = crate.get_stems(track["content_hash"])
+                if stored is None:
+                    print(f"error: {track['path']}: no stems yet (run `ate prep` with separation)", file=sys.stderr)
+                    return EXIT_USAGE
+                stems, header = read_stem_file(stored["path"])
+                out = Path(args.target)
+                if out.name.endswith(".stem.mp4") or out.suffix in (".m4a", ".mp4"):
+                    from prep.audio import load_audio
+
+                    export_ni_stems(out, stems, mix=load_audio(track["abs_path"]), sample_rate=header["sample_rate"])
+                else:
+                    export_stem_folder(out, stems, sample_rate=header["sample_rate"], fmt=args.format,
+                                       subtype="FLOAT" if args.format == "wav" else "PCM_24")
+                print(f"{track['path']}: stems ({stored['model']}) written to {out}")
+            else:
+                from prep.audio import SAMPLE_RATE
+                from prep.pipeline import stem_file_path
+
+                src = Path(args.target)
+                stems = import_stem_folder(src) if src.is_dir() else import_ni_stems(src)[1]
+                frames = int(round((track["duration_s"] or 0) * SAMPLE_RATE))
+                if frames and abs(stems.shape[1] - frames) > SAMPLE_RATE // 10:
+                    print(f"error: {src}: stems last {stems.shape[1] / SAMPLE_RATE:.2f} s but the track "
+                          f"{track['duration_s']:.2f} s", file=sys.stderr)
+                    return EXIT_USAGE
+                path = stem_file_path(crate.db_path.parent / "stems", track["content_hash"])
+                write_stem_file(path, stems, SAMPLE_RATE, meta={"separator": "import", "source": str(src)})
+                crate.set_stems(track["content_hash"], path, ("drums", "bass", "vocals", "other"), fmt="ate-stems",
+                                sample_rate=SAMPLE_RATE, frames=stems.shape[1], model="import")
+                print(f"{track['path']}: stems imported from {src}")
+        except StemFileError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_FAILURES
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from prep.demo import run_demo
 
@@ -85,6 +246,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(result, indent=2))
     return EXIT_OK
+
+
+def _add_separation_options(p: argparse.ArgumentParser, allow_none: bool) -> None:
+    choices = ["auto", "demucs", "dsp"] + (["none"] if allow_none else [])
+    g = p.add_argument_group("separation")
+    g.add_argument("--separator", default="auto", choices=choices,
+                   help="auto: demucs when its weights are found, else the DSP fallback (with a warning)"
+                        + ("; none: no stems" if allow_none else "") + " (default: auto)")
+    g.add_argument("--model", default="htdemucs", help="demucs model name (default: htdemucs)")
+    g.add_argument("--model-dir", default=None,
+                   help="folder holding demucs models in its local-repo layout (default: $ATE_MODEL_DIR, "
+                        "then demucs' own cache)")
+    g.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda:0 (default: CUDA when present)")
+    g.add_argument("--shifts", type=int, default=1, help="demucs random shifts averaged (default: 1)")
+    g.add_argument("--overlap", type=float, default=0.25, help="demucs segment overlap, 0..1 (default: 0.25)")
+    g.add_argument("--segment", type=float, default=None,
+                   help="demucs segment length in seconds (default: the model's, 7.8 for htdemucs)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,12 +283,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=_cmd_analyze)
 
-    p = sub.add_parser("prep", help="scan a folder of music into the crate database (resumable)")
+    p = sub.add_parser("prep", help="scan a folder of music into the crate: stems and analysis (resumable)")
     p.add_argument("crate", metavar="CRATE", help="folder of music, scanned recursively")
     p.add_argument("--db", default=None, help="crate database file (default: CRATE/.ate/crate.sqlite)")
-    p.add_argument("--workers", type=int, default=None, help="parallel workers (default: all cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel workers (default: all cores; 1 when demucs runs on the CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_separation_options(p, allow_none=True)
     p.set_defaults(func=_cmd_prep)
+
+    p = sub.add_parser("separate", help="split audio files into drums, bass, vocals and other stems")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("-o", "--output", required=True, metavar="DIR",
+                   help="where to write DIR/{drums,bass,vocals,other}.wav (DIR/NAME/... for several files)")
+    p.add_argument("--format", default="wav", choices=["wav", "flac", "stem.mp4"],
+                   help="wav (float32), flac (24 bit) or one NI Stems file (default: wav)")
+    p.add_argument("--fold", default="spectral", choices=["spectral", "other", "none"],
+                   help="how the residual (mix minus stems) is folded in so the stems sum to the mix "
+                        "(default: spectral; see docs/separation.md)")
+    _add_separation_options(p, allow_none=False)
+    p.set_defaults(func=_cmd_separate)
+
+    p = sub.add_parser("models", help="list the demucs models available offline, and where they come from")
+    p.add_argument("--model-dir", default=None, help="a folder of demucs models (default: $ATE_MODEL_DIR)")
+    p.add_argument("--json", action="store_true", help="JSON output")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("stems", help="export a track's stems (NI Stems or a folder) or import stems you have")
+    p.add_argument("action", choices=["export", "import"])
+    p.add_argument("crate", metavar="CRATE")
+    p.add_argument("track", metavar="TRACK", help="the track: path, title or content-hash prefix")
+    p.add_argument("target", metavar="TARGET",
+                   help="export: OUT.stem.mp4 or a folder; import: a .stem.mp4 file or a folder of four files")
+    p.add_argument("--db", default=None, help="crate database file (default: CRATE/.ate/crate.sqlite)")
+    p.add_argument("--format", default="wav", choices=["wav", "flac"], help="folder export format (default: wav)")
+    p.set_defaults(func=_cmd_stems)
 
     p = sub.add_parser("crate", help="show the tracks of a prepared crate")
     p.add_argument("crate", metavar="CRATE")
@@ -123,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_crate)
 
     p = sub.add_parser("bench", help="measure quality and speed against peer tools (prints JSON)")
-    p.add_argument("what", choices=["analysis"], help="what to measure")
+    p.add_argument("what", choices=list(BENCHMARKS), help="what to measure")
     p.add_argument("--json", action="store_true", help="compact JSON on one line")
     p.add_argument("--quick", action="store_true", help="a smaller set, for a fast check")
     p.set_defaults(func=_cmd_bench)

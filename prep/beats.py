@@ -403,15 +403,23 @@ def downbeat_phase(feats: dict[str, np.ndarray], beats_per_bar: int) -> int:
     return int(np.argmax(phase_scores))
 
 
-def track_beats(y: np.ndarray, sr: int) -> BeatGrid:
+def track_beats(y: np.ndarray, sr: int, drums: np.ndarray | None = None,
+                harmonic: np.ndarray | None = None) -> BeatGrid:
     """Beat grid, tempo, meter and downbeats of mono audio ``y``.
 
     Parameters
     ----------
     y : np.ndarray
-        Mono float32 audio.
+        Mono float32 audio: the mix.
     sr : int
         Sample rate, Hz.
+    drums, harmonic : np.ndarray, optional
+        Mono drum stem and the sum of the pitched stems (bass, vocals, other),
+        same rate and length as ``y``. When given, meter and downbeats use the
+        kick onsets of the drum stem and the chroma of the pitched stems
+        instead of the mix's: in the mix a snare or hat on beat 2 smears the
+        kick, and drum noise smears the chords. The beats themselves still
+        come from the mix, which has every instrument's onsets.
 
     Returns
     -------
@@ -447,6 +455,10 @@ def track_beats(y: np.ndarray, sr: int) -> BeatGrid:
         bpm = 60.0 / float(np.median(np.diff(beats)))
     beat_frames = np.clip(np.round(beats * sr / HOP).astype(int), 0, len(env.full) - 1)
     feats = _beat_features(env, beat_frames)
+    if drums is not None:
+        feats["low"] = _beat_features(onset_envelopes(drums, sr), beat_frames)["low"]
+    if harmonic is not None:
+        feats["chroma"] = _beat_features(onset_envelopes(harmonic, sr), beat_frames)["chroma"]
     meter = estimate_meter(feats)
     phase = downbeat_phase(feats, meter)
     return BeatGrid(bpm=float(bpm), beats=beats, downbeats=beats[phase::meter], beats_per_bar=meter,

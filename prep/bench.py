@@ -12,6 +12,13 @@ drifting tempos, a lead-in) and are scored with mir_eval:
 - speed: audio seconds per CPU second (process time, so a multithreaded
   library cannot look faster than it is on one core).
 
+The stem-aware path is scored on the same tracks twice: with stems from the
+DSP separator (:mod:`prep.dsp_separate`, what a machine without demucs
+weights gets; its separation time is reported apart) and with the
+generator's true stems (``stems_oracle``: the ceiling a perfect separator
+would reach). Both add vocal activity, scored by frame F-measure against the
+generator's vocal regions with breaths bridged as :mod:`prep.vocals` does.
+
 The peer is what a developer gets from librosa without tuning:
 ``librosa.beat.beat_track`` with its defaults, downbeats by the classic
 shortcut (4/4 assumed, the bar phase whose beats sum the most onset strength)
@@ -29,8 +36,14 @@ import numpy as np
 
 from prep.analyze import ANALYSIS_SR, analyze_audio
 from prep.audio import SAMPLE_RATE, resample, to_mono
+from prep.dsp_separate import DspSeparator
 from prep.key import estimate_key_baseline
+from prep.separate import separate_track
+from prep.stems import STEM_NAMES
 from prep.synth import generate, standard_set
+from prep.vocals import merge_regions, region_f_measure
+
+SIDES = ("ate", "ate_stems_dsp", "ate_stems_oracle", "librosa")
 
 
 def _tempo_scores(est_bpm: float, ref_bpm: float) -> tuple[float, float]:
@@ -73,6 +86,7 @@ def bench_analysis(quick: bool = False) -> dict:
     if quick:
         specs = specs[:4]
     rows = []
+    separator = DspSeparator()
     for spec in specs:
         track = generate(spec)
         truth = track.truth
@@ -83,6 +97,17 @@ def bench_analysis(quick: bool = False) -> dict:
         ate_cpu_s = time.process_time() - t0
 
         t0 = time.process_time()
+        dsp_stems = separate_track(track.mix, separator)
+        separation_cpu_s = time.process_time() - t0
+        t0 = time.process_time()
+        ate_dsp = analyze_audio(track.mix, stems=dsp_stems)
+        dsp_cpu_s = time.process_time() - t0
+        true_stems = np.stack([track.stems[name] for name in STEM_NAMES])
+        t0 = time.process_time()
+        ate_oracle = analyze_audio(track.mix, stems=true_stems)
+        oracle_cpu_s = time.process_time() - t0
+
+        t0 = time.process_time()
         y = resample(to_mono(track.mix)[:, None], SAMPLE_RATE, ANALYSIS_SR)[:, 0]
         peer = librosa_defaults(y, ANALYSIS_SR)
         peer_cpu_s = time.process_time() - t0
@@ -91,6 +116,9 @@ def bench_analysis(quick: bool = False) -> dict:
                "style": spec.style, "drift_bpm": spec.tempo_drift_bpm, "duration_s": round(duration_s, 1)}
         for name, est_bpm, beats, downbeats, key, cpu_s in (
             ("ate", ate.bpm, ate.beats, ate.downbeats, ate.key, ate_cpu_s),
+            ("ate_stems_dsp", ate_dsp.bpm, ate_dsp.beats, ate_dsp.downbeats, ate_dsp.key, dsp_cpu_s),
+            ("ate_stems_oracle", ate_oracle.bpm, ate_oracle.beats, ate_oracle.downbeats, ate_oracle.key,
+             oracle_cpu_s),
             ("librosa", peer["bpm"], peer["beats"], peer["downbeats"], peer["key"], peer_cpu_s),
         ):
             acc1, acc2 = _tempo_scores(est_bpm, truth.bpm)
@@ -104,20 +132,31 @@ def bench_analysis(quick: bool = False) -> dict:
                 "key_mirex": float(mir_eval.key.weighted_score(truth.key, key)),
                 "realtime_x": round(duration_s / max(cpu_s, 1e-9), 1),
             }
-        row["ate"]["beats_per_bar"] = ate.beats_per_bar
+        for name, result in (("ate", ate), ("ate_stems_dsp", ate_dsp), ("ate_stems_oracle", ate_oracle)):
+            row[name]["beats_per_bar"] = result.beats_per_bar
+        reference = merge_regions(truth.vocal_regions, duration_s)
+        for name, result in (("ate_stems_dsp", ate_dsp), ("ate_stems_oracle", ate_oracle)):
+            row[name]["vocal_f"] = round(region_f_measure(reference, result.vocal_regions or [], duration_s), 4)
+        row["ate_stems_dsp"]["separation_realtime_x"] = round(duration_s / max(separation_cpu_s, 1e-9), 1)
         rows.append(row)
 
     def mean(side: str, metric: str) -> float:
         return round(float(np.mean([r[side][metric] for r in rows])), 4)
 
     metrics = ("beat_f", "tempo_acc1", "tempo_acc2", "downbeat_f", "key_mirex", "realtime_x")
-    summary = {side: {m: mean(side, m) for m in metrics} for side in ("ate", "librosa")}
-    summary["ate"]["meter_acc"] = round(float(np.mean([r["ate"]["beats_per_bar"] == r["beats_per_bar"] for r in rows])), 4)
+    summary = {side: {m: mean(side, m) for m in metrics} for side in SIDES}
+    for side in ("ate", "ate_stems_dsp", "ate_stems_oracle"):
+        summary[side]["meter_acc"] = round(float(np.mean([r[side]["beats_per_bar"] == r["beats_per_bar"]
+                                                          for r in rows])), 4)
+    for side in ("ate_stems_dsp", "ate_stems_oracle"):
+        summary[side]["vocal_f"] = mean(side, "vocal_f")
+    summary["ate_stems_dsp"]["separation_realtime_x"] = mean("ate_stems_dsp", "separation_realtime_x")
     return {
         "benchmark": "analysis",
         "set": {"tracks": len(rows), "audio_s": round(sum(r["duration_s"] for r in rows), 1),
                 "generator": "prep.synth.standard_set"},
-        "speed_unit": "audio seconds per CPU second (process time, includes loudness and structure for ATE)",
+        "speed_unit": "audio seconds per CPU second (process time, includes loudness and structure for ATE; "
+                      "the stem paths exclude separation, reported as separation_realtime_x)",
         **summary,
         "tracks": rows,
     }

@@ -30,6 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 
+import numpy as np
+
 DB_DIRNAME = ".ate"
 DB_FILENAME = "crate.sqlite"
 
@@ -133,6 +135,17 @@ MIGRATIONS: list[tuple[str, ...]] = [
             path TEXT PRIMARY KEY,
             reason TEXT NOT NULL,
             at TEXT NOT NULL
+        )""",
+    ),
+    # 2: waveform overviews (prep/overview.py), one per track, drawn by the TUI.
+    (
+        """CREATE TABLE overviews (
+            track_id INTEGER PRIMARY KEY REFERENCES tracks(id) ON DELETE CASCADE,
+            lanes TEXT NOT NULL,
+            points_per_second REAL NOT NULL,
+            points INTEGER NOT NULL,
+            data BLOB NOT NULL,
+            created_at TEXT NOT NULL
         )""",
     ),
 ]
@@ -416,6 +429,43 @@ class Crate:
             params += (version,)
         return self._conn.execute(sql, params).fetchone() is not None
 
+    def stem_models(self) -> dict[str, str]:
+        """Content hash -> separator name (``"dsp"``, ``"demucs:htdemucs"``, ``"import"``) of tracks with stems."""
+        rows = self._conn.execute("SELECT DISTINCT t.content_hash, s.model FROM stems s "
+                                  "JOIN tracks t ON s.track_id = t.id")
+        return {r[0]: r[1] or "" for r in rows}
+
+    def get_stems(self, track: int | str) -> dict | None:
+        """Where a track's stems are stored, or None.
+
+        Returns
+        -------
+        dict
+            ``path`` (absolute), ``format``, ``sample_rate``, ``frames``,
+            ``model``, ``stems`` (names, in storage order), ``created_at``.
+        """
+        where, params = self._where_track(track)
+        rows = self._conn.execute(f"SELECT s.stem, s.path, s.format, s.sample_rate, s.frames, s.model, s.created_at "
+                                  f"FROM stems s JOIN tracks t ON s.track_id = t.id WHERE {where} ORDER BY s.id",
+                                  params).fetchall()
+        if not rows:
+            return None
+        first = rows[0]
+        return {"path": str(self.resolve_path(first["path"])), "format": first["format"],
+                "sample_rate": first["sample_rate"], "frames": first["frames"], "model": first["model"],
+                "stems": [r["stem"] for r in rows], "created_at": first["created_at"]}
+
+    def get_overview(self, track: int | str) -> tuple[np.ndarray, list[str], float] | None:
+        """A track's waveform overview: ``(uint8 (lanes, points), lane names, points per second)``, or None."""
+        where, params = self._where_track(track)
+        row = self._conn.execute(f"SELECT o.lanes, o.points_per_second, o.points, o.data FROM overviews o "
+                                 f"JOIN tracks t ON o.track_id = t.id WHERE {where}", params).fetchone()
+        if row is None:
+            return None
+        lanes = json.loads(row["lanes"])
+        data = np.frombuffer(row["data"], dtype=np.uint8).reshape(len(lanes), row["points"]).copy()
+        return data, lanes, float(row["points_per_second"])
+
     def lookup_file(self, path: str | Path, size: int, mtime_ns: int) -> str | None:
         """The cached content hash of ``path`` if its size and mtime are unchanged, else None."""
         row = self._conn.execute("SELECT content_hash FROM files WHERE path = ? AND size = ? AND mtime_ns = ?",
@@ -433,6 +483,24 @@ class Crate:
         row = self._conn.execute(f"SELECT {_TRACK_COLUMNS} FROM tracks t LEFT JOIN analysis a ON a.track_id = t.id "
                                  f"WHERE {where}", params).fetchone()
         return self._track_dict(row) if row else None
+
+    def find_tracks(self, query: str) -> list[dict]:
+        """Tracks a person may mean by ``query``: a stored or absolute path, a content-hash prefix, or a title.
+
+        Exact path and hash matches win; otherwise titles equal to the query
+        (case-insensitive), then titles containing it.
+        """
+        rows = self.list_tracks()
+        q = str(query)
+        absolute = str(Path(q).resolve()) if q else q
+        for test in (lambda r: r["path"] == q or r["abs_path"] == absolute,
+                     lambda r: len(q) >= 6 and r["content_hash"].startswith(q),
+                     lambda r: r["title"].casefold() == q.casefold(),
+                     lambda r: q.casefold() in r["title"].casefold()):
+            found = [r for r in rows if test(r)]
+            if found:
+                return found
+        return []
 
     def get_analysis(self, track: int | str) -> dict | None:
         """The stored analysis record (the dict of :meth:`prep.analyze.Analysis.to_dict`) of a track, or None.
@@ -587,6 +655,47 @@ class Crate:
                 self.record_file(stored, size, mtime_ns, content_hash)
             self.clear_failure(stored)
         return int(row[0])
+
+    def _track_id(self, content_hash: str) -> int:
+        row = self._conn.execute("SELECT id FROM tracks WHERE content_hash = ?", (content_hash,)).fetchone()
+        if row is None:
+            raise CrateError(f"{self.db_path}: no track with hash {content_hash}")
+        return int(row[0])
+
+    def set_stems(self, content_hash: str, path: str | Path, stems: Sequence[str], *, fmt: str,
+                  sample_rate: int, frames: int, model: str) -> None:
+        """Record (or replace) where a track's stems are stored.
+
+        One row per stem; ATE's own stem file holds all of them, so the rows
+        share ``path``. ``model`` names what made them (``"dsp"``,
+        ``"demucs:htdemucs"``, ``"import"``), so a later prep with a better
+        separator knows which tracks to redo.
+        """
+        with self.transaction() as conn:
+            track_id = self._track_id(content_hash)
+            conn.execute("DELETE FROM stems WHERE track_id = ?", (track_id,))
+            now = now_iso()
+            conn.executemany(
+                "INSERT INTO stems (track_id, stem, path, format, sample_rate, frames, model, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(track_id, name, self.relative_path(path), fmt, int(sample_rate), int(frames), model, now)
+                 for name in stems])
+
+    def set_overview(self, content_hash: str, overview: np.ndarray, lanes: Sequence[str],
+                     points_per_second: float) -> None:
+        """Store a track's waveform overview (``uint8 (len(lanes), points)``, see :mod:`prep.overview`)."""
+        data = np.ascontiguousarray(overview, dtype=np.uint8)
+        if data.ndim != 2 or data.shape[0] != len(lanes):
+            raise ValueError(f"overview of shape {data.shape} does not match lanes {list(lanes)}")
+        with self.transaction() as conn:
+            track_id = self._track_id(content_hash)
+            conn.execute(
+                "INSERT INTO overviews (track_id, lanes, points_per_second, points, data, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(track_id) DO UPDATE SET lanes = excluded.lanes, "
+                "points_per_second = excluded.points_per_second, points = excluded.points, data = excluded.data, "
+                "created_at = excluded.created_at",
+                (track_id, json.dumps(list(lanes)), float(points_per_second), data.shape[1], data.tobytes(),
+                 now_iso()))
 
     def record_file(self, path: str | Path, size: int, mtime_ns: int, content_hash: str) -> None:
         """Remember that ``path`` with this size and mtime decodes to ``content_hash``; clears its failure."""

@@ -3,8 +3,10 @@
 Writes the tracks of :func:`prep.synth.demo_specs` as FLAC files (with their
 ``.truth.json``) into a folder, runs the crate prep over it, then prints the
 crate next to the truth the generator used, so a newcomer sees in a minute
-what ATE finds and how close it is. Run twice, it reuses the files and the
-crate, and finishes in seconds.
+what ATE finds and how close it is, and draws one track's stems. Prep
+separates with demucs when its weights are installed, else with the DSP
+fallback (and says so). Run twice, it reuses the files and the crate, and
+finishes in seconds.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from prep.crate import Crate, default_db_path
+from prep.overview import draw_overview
 from prep.pipeline import prep_crate
-from prep.report import format_track_table
+from prep.report import format_clock, format_track_table
+from prep.separate import choose_separator
 from prep.synth import demo_specs, generate, write_track
 
 
@@ -33,12 +37,16 @@ def run_demo(folder: Path, workers: int | None = None) -> int:
     """Generate, prep and show the demo crate; returns the exit code."""
     print(f"demo crate: {folder.resolve()}")
     paths = write_demo_crate(folder)
-    report = prep_crate(folder, workers=workers)
+    report = prep_crate(folder, workers=workers, separator=choose_separator("auto"))
     report.print_summary()
     if report.interrupted:
         return 130
     with Crate(default_db_path(folder), readonly=True) as crate:
         rows = crate.list_tracks(sort="bpm")
+        first = rows[0] if rows else None
+        overview = crate.get_overview(first["content_hash"]) if first else None
+        analysis = crate.get_analysis(first["content_hash"]) if first else None
+        stems = crate.get_stems(first["content_hash"]) if first else None
     print()
     print(format_track_table(rows))
     print()
@@ -55,4 +63,14 @@ def run_demo(folder: Path, workers: int | None = None) -> int:
         print(f"  {row['title']:<24} BPM {row['bpm']:7.2f} (truth {spec.bpm:6.1f}) {'ok' if bpm_ok else 'WRONG'}"
               f"   key {row['key']:<9} (truth {spec.key:<9}) {'ok' if key_ok else 'WRONG'}")
     print(f"{exact}/{len(rows)} tracks with tempo and key right")
+    if overview is not None and analysis is not None:
+        data, lanes, _ = overview
+        origin = f"stems by {stems['model']}" if stems else "mix"
+        print()
+        print(f"{first['title']} ({origin}), start to end:")
+        for line in draw_overview(data, width=72, names=tuple(lanes)):
+            print(f"  {line}")
+        regions = analysis.get("vocal_regions") or []
+        print("  vocals sing " + (", ".join(f"{format_clock(a)}-{format_clock(b)}" for a, b in regions) or "nowhere")
+              + f"; mix in {format_clock(analysis['mix_in'])}, out {format_clock(analysis['mix_out'])}")
     return 1 if report.failed else 0

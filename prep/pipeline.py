@@ -4,7 +4,13 @@ The main process scans the folder, asks the ``files`` cache which files are
 unchanged since they were analysed (those are skipped without decoding), and
 hands the rest to worker processes. A worker decodes a file, hashes the
 audio, and analyses it only if that hash is not already in the crate (a
-renamed, moved or copied file is recognised by content). Only the main process
+renamed, moved or copied file is recognised by content). When separation is
+on, the worker first splits the track into four stems with the separator it
+built once at start-up (so a demucs model is loaded once per worker), writes
+them to the crate's stem folder (:mod:`prep.stems`) and analyses with them.
+A track counts as done only when it has an analysis of the current version
+and, if separation was asked for, stems from that same separator: stems from
+the DSP fallback are redone once demucs weights are available. Only the main process
 writes to the database, one transaction per track as results arrive, so an
 interrupted or crashed run loses at most the tracks in flight and the next run
 picks up where it stopped.
@@ -29,11 +35,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import numpy as np
 import soundfile as sf
 
 from prep.analyze import ANALYSIS_VERSION, MIN_DURATION_S, analyze_audio
 from prep.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, content_hash, load_audio
 from prep.crate import Crate, default_db_path
+from prep.overview import POINTS_PER_SECOND
+from prep.separate import SeparatorChoice
+from prep.stems import STEM_FILE_SUFFIX, STEM_NAMES, StemFileError, read_stem_file, write_stem_file
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -81,6 +91,13 @@ class PrepReport:
         The run was stopped by Ctrl-C; what was committed is kept.
     pending : int
         Files left undone by an interrupted run.
+    separator : str
+        What made the stems (``"dsp"``, ``"demucs:htdemucs"``), or ``""`` without separation.
+    separated : int
+        Tracks separated in this run.
+    warnings : list of (str, str)
+        ``(path, note)`` for tracks added with a problem short of failure
+        (separation failed: analysed from the mix, retried next run).
     """
 
     crate_dir: Path
@@ -96,6 +113,9 @@ class PrepReport:
     audio_s: float = 0.0
     interrupted: bool = False
     pending: int = 0
+    separator: str = ""
+    separated: int = 0
+    warnings: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def done(self) -> int:
@@ -114,7 +134,8 @@ class PrepReport:
             "updated": self.updated, "known": self.known, "moved": self.moved, "duplicates": self.duplicates,
             "failed": [list(f) for f in self.failed], "elapsed_s": round(self.elapsed_s, 3),
             "audio_s": round(self.audio_s, 3), "realtime_factor": round(self.realtime_factor, 2),
-            "interrupted": self.interrupted,
+            "interrupted": self.interrupted, "separator": self.separator, "separated": self.separated,
+            "warnings": [list(w) for w in self.warnings],
         }
 
     def print_summary(self, file: TextIO | None = None) -> None:
@@ -132,8 +153,13 @@ class PrepReport:
         print(f"prep {self.crate_dir}: {self.files} audio files in {self.elapsed_s:.1f} s: {', '.join(parts)}",
               file=out)
         if self.audio_s > 0:
-            print(f"analysed {_format_duration(self.audio_s)} of audio, {self.realtime_factor:.1f}x realtime",
+            stems = f", {self.separated} separated with {self.separator}" if self.separated else ""
+            print(f"analysed {_format_duration(self.audio_s)} of audio, {self.realtime_factor:.1f}x realtime{stems}",
                   file=out)
+        if self.warnings:
+            print("warnings:", file=out)
+            for path, note in self.warnings:
+                print(f"  {path}: {note}", file=out)
         if self.failed:
             print("failed:", file=out)
             for path, reason in self.failed:
@@ -224,16 +250,33 @@ class _Outcome:
     analysis: dict | None = None
     duration_s: float = 0.0
     reason: str | None = None
+    stems: dict | None = None          # where the stems were written: path, frames, model
+    overview: bytes | None = None      # uint8 (lanes, points), see prep.overview
+    overview_lanes: tuple[str, ...] = ()
+    warning: str | None = None
 
 
-# Hashes already analysed when the run started; set once per worker process
-# by _init_worker rather than sent with every job (it can be large).
+@dataclass(frozen=True)
+class _Separation:
+    """What a worker needs to separate: sent once, at start-up."""
+
+    choice: SeparatorChoice
+    stems_dir: str
+
+
+# Set once per worker process by _init_worker rather than sent with every job:
+# the hashes already done when the run started (can be large), and the
+# separator (a demucs model is loaded once per worker, on first use).
 _known_hashes: frozenset[str] = frozenset()
+_separation: _Separation | None = None
+_separator = None
 
 
-def _init_worker(known: frozenset[str]) -> None:
-    global _known_hashes
+def _init_worker(known: frozenset[str], separation: _Separation | None = None) -> None:
+    global _known_hashes, _separation, _separator
     _known_hashes = known
+    _separation = separation
+    _separator = None
     # Ctrl-C is the main process's business: it cancels and terminates us.
     # SIGINT arrives blocked (see _sigint_blocked); ignoring it before
     # unblocking discards one that is pending.
@@ -259,11 +302,51 @@ def _process(job: _Job) -> _Outcome:
     duration_s = samples.shape[0] / SAMPLE_RATE
     if digest in _known_hashes and not job.force:
         return _Outcome(job, "known", content_hash=digest, tags=tags, duration_s=duration_s)
+    stems = stems_info = warning = None
+    if _separation is not None:
+        try:
+            stems, stems_info = _stems_for(samples, digest)
+        except Exception as err:  # noqa: BLE001 - the mix can still be analysed
+            warning = f"separation failed, analysed from the mix ({_one_line(err)})"
     try:
-        analysis = analyze_audio(samples, path=job.rel).to_dict()
+        result = analyze_audio(samples, path=job.rel, stems=stems)
     except Exception as err:  # noqa: BLE001
         return _Outcome(job, "failed", content_hash=digest, reason=f"analysis failed ({_one_line(err)})")
-    return _Outcome(job, "analysed", content_hash=digest, tags=tags, analysis=analysis, duration_s=duration_s)
+    lanes = STEM_NAMES if stems is not None else ("mix",)
+    overview = result.overview.tobytes() if result.overview is not None else None
+    return _Outcome(job, "analysed", content_hash=digest, tags=tags, analysis=result.to_dict(),
+                    duration_s=duration_s, stems=stems_info, overview=overview, overview_lanes=lanes,
+                    warning=warning)
+
+
+def stem_file_path(stems_dir: str | Path, digest: str) -> Path:
+    """Where the crate keeps a track's stems: ``STEMS_DIR/ab/abcdef….stems``."""
+    return Path(stems_dir) / digest[:2] / f"{digest}{STEM_FILE_SUFFIX}"
+
+
+def _stems_for(samples, digest: str):
+    """The track's stems: reused from an earlier interrupted run, else separated and written."""
+    global _separator
+    assert _separation is not None
+    choice = _separation.choice
+    path = stem_file_path(_separation.stems_dir, digest)
+    if path.exists():
+        # A run that died between writing the stems and committing the
+        # analysis leaves them behind; they are good if the same separator made them.
+        try:
+            stems, header = read_stem_file(path)
+            if header.get("meta", {}).get("separator") == choice.name and stems.shape[1] == samples.shape[0]:
+                return stems, {"path": str(path), "frames": stems.shape[1], "model": choice.name, "reused": True}
+        except StemFileError:
+            pass
+    if _separator is None:
+        _separator = choice.build()
+    from prep.separate import separate_track
+
+    stems = separate_track(samples, _separator)
+    write_stem_file(path, stems, SAMPLE_RATE, meta={"separator": choice.name, "fold": "spectral",
+                                                     "options": choice.options})
+    return stems, {"path": str(path), "frames": stems.shape[1], "model": choice.name, "reused": False}
 
 
 # -- running jobs ---------------------------------------------------------------
@@ -322,9 +405,10 @@ class _Runner:
     """Feeds jobs to workers (or runs them in-process) and yields their outcomes as they finish."""
 
     def __init__(self, workers: int, known: set[str], still_needed: Callable[[_Job], bool],
-                 on_start: Callable[[_Job], None] | None = None):
+                 on_start: Callable[[_Job], None] | None = None, separation: _Separation | None = None):
         self.workers = workers
         self.known = frozenset(known)
+        self.separation = separation
         self.still_needed = still_needed
         self.on_start = on_start or (lambda job: None)
         self.queue: deque[_Job] = deque()
@@ -354,8 +438,9 @@ class _Runner:
         return _Outcome(job, "skipped")
 
     def _run_inline(self) -> Iterator[_Outcome]:
-        global _known_hashes
-        saved, _known_hashes = _known_hashes, self.known
+        global _known_hashes, _separation, _separator
+        saved = _known_hashes, _separation, _separator
+        _known_hashes, _separation, _separator = self.known, self.separation, None
         try:
             while (item := self._take()) is not None:
                 if isinstance(item, _Job):
@@ -363,7 +448,7 @@ class _Runner:
                     item = _process(item)
                 yield item
         finally:
-            _known_hashes = saved
+            _known_hashes, _separation, _separator = saved
 
     def _run_pool(self) -> Iterator[_Outcome]:
         isolate: list[_Job] = []
@@ -386,7 +471,7 @@ class _Runner:
         Returns (as the generator's value) the jobs lost when a worker died.
         """
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.known,))
+                                   initializer=_init_worker, initargs=(self.known, self.separation))
         futures: dict[Future, _Job] = {}
         crashed: list[_Job] = []
         try:
@@ -452,9 +537,10 @@ def _commit(crate: Crate, outcome: _Outcome, report: PrepReport, runner: _Runner
     with crate.transaction():
         existing = crate.get_track(digest)
         if outcome.status == "analysed":
-            if existing is None or existing["version"] != ANALYSIS_VERSION:
+            if existing is None or existing["version"] != ANALYSIS_VERSION or outcome.stems is not None:
                 crate.add_track(digest, job.rel, outcome.tags, outcome.analysis or {}, size=job.size,
                                 mtime_ns=job.mtime_ns)
+                _commit_extras(crate, digest, outcome, report)
                 if existing is None:
                     report.new += 1
                 else:
@@ -476,6 +562,20 @@ def _commit(crate: Crate, outcome: _Outcome, report: PrepReport, runner: _Runner
         else:
             crate.relocate_track(digest, job.rel, outcome.tags, size=job.size, mtime_ns=job.mtime_ns)
             report.moved += 1
+
+
+def _commit_extras(crate: Crate, digest: str, outcome: _Outcome, report: PrepReport) -> None:
+    """Stems and overview of a freshly analysed track (inside the caller's transaction)."""
+    if outcome.stems is not None:
+        crate.set_stems(digest, outcome.stems["path"], STEM_NAMES, fmt="ate-stems", sample_rate=SAMPLE_RATE,
+                        frames=outcome.stems["frames"], model=outcome.stems["model"])
+        report.separated += 0 if outcome.stems.get("reused") else 1
+    if outcome.overview is not None:
+        lanes = outcome.overview_lanes
+        data = np.frombuffer(outcome.overview, dtype=np.uint8).reshape(len(lanes), -1)
+        crate.set_overview(digest, data, lanes, POINTS_PER_SECOND)
+    if outcome.warning:
+        report.warnings.append((outcome.job.rel, outcome.warning))
 
 
 class _Progress:
@@ -526,7 +626,7 @@ class _Progress:
 
 
 def prep_crate(crate_dir: Path, db_path: str | Path | None = None, workers: int | None = None,
-               progress: bool = True) -> PrepReport:
+               progress: bool = True, separator: SeparatorChoice | None = None) -> PrepReport:
     """Scan ``crate_dir`` for audio and analyse what is new into the crate database.
 
     Parameters
@@ -536,9 +636,13 @@ def prep_crate(crate_dir: Path, db_path: str | Path | None = None, workers: int 
     db_path : str or Path, optional
         The database; default ``crate_dir/.ate/crate.sqlite``.
     workers : int, optional
-        Worker processes (default: all cores). 1 runs in this process.
+        Worker processes. Default: all cores, or one when demucs runs on the
+        CPU (it uses every core itself). 1 runs in this process.
     progress : bool
         Show a progress bar (only when stdout is a terminal).
+    separator : prep.separate.SeparatorChoice, optional
+        Separate every track into stems with this (see
+        :func:`prep.separate.choose_separator`); None analyses mixes only.
 
     Returns
     -------
@@ -559,15 +663,21 @@ def prep_crate(crate_dir: Path, db_path: str | Path | None = None, workers: int 
         raise NotADirectoryError(f"{crate_dir}: not a folder")
     root = crate_dir.resolve()
     db = Path(db_path) if db_path is not None else default_db_path(root)
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
+    if workers is None:
+        workers = separator.default_workers() if separator is not None else (os.cpu_count() or 1)
+    workers = int(workers)
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    report = PrepReport(crate_dir=crate_dir, db_path=db)
+    report = PrepReport(crate_dir=crate_dir, db_path=db, separator=separator.name if separator else "")
+    separation = _Separation(separator, str(db.parent / "stems")) if separator is not None else None
 
     with Crate(db, root=root) as crate:
         if crate.get_meta("root") != str(root):
             crate.set_meta("root", str(root))
         known = crate.known_hashes(ANALYSIS_VERSION)
+        if separator is not None:
+            with_stems = crate.stem_models()
+            known = {h for h in known if with_stems.get(h) in (separator.name, "import")}
         paths = scan_folder(root)
         report.files = len(paths)
         jobs: list[_Job] = []
@@ -587,11 +697,17 @@ def prep_crate(crate_dir: Path, db_path: str | Path | None = None, workers: int 
 
         def still_needed(job: _Job) -> bool:
             cached = crate.lookup_file(job.rel, job.size, job.mtime_ns)
-            return cached is None or not crate.is_analysed(cached, ANALYSIS_VERSION)
+            if cached is None or not crate.is_analysed(cached, ANALYSIS_VERSION):
+                return True
+            if separator is None:
+                return False
+            stored = crate.get_stems(cached)
+            return stored is None or stored["model"] not in (separator.name, "import")
 
         pool_size = max(1, min(workers, len(jobs)))
         bar = _Progress(progress and sys.stdout.isatty(), len(jobs), report.known)
-        runner = _Runner(pool_size, known, still_needed, on_start=lambda job: bar.starting(Path(job.rel).name))
+        runner = _Runner(pool_size, known, still_needed, on_start=lambda job: bar.starting(Path(job.rel).name),
+                         separation=separation)
         # One process per core already uses the machine; with fewer workers
         # than cores each may use the spare cores for its own threads.
         threads = max(1, (os.cpu_count() or 1) // pool_size)
