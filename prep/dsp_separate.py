@@ -155,7 +155,7 @@ class DspSeparator:
                  percussive_kernel_bins: int = 17, mask_power: float = 2.0, bass_crossover_hz: float = 160.0,
                  crossover_order: float = 4.0, vocal_band_hz: tuple[float, float] = (200.0, 5000.0),
                  vocal_cue: str = "center", center_power: float = 4.0, center_smooth_frames: int = 5,
-                 block_frames: int = 512, kick: str = "template", margin: float = 1.0, vocal_gain: float = 1.0, comb_bins: float = 1.0, comb_rel: float = 0.015, kick_power: float = 1.0, voicing=None):
+                 block_frames: int = 512, kick: str = "template", margin: float = 1.0, vocal_gain: float = 1.0, comb_bins: float = 1.0, comb_rel: float = 0.015, kick_power: float = 1.0, voicing=None, bass_comb: float = 0.0, bass_comb_hz: float = 600.0, f0_min_hz: float = 150.0, f0_smooth: int = 1):
         self.n_fft, self.hop = n_fft, hop
         self.kh, self.kp = harmonic_kernel_frames, percussive_kernel_bins
         self.power = mask_power
@@ -171,6 +171,8 @@ class DspSeparator:
         self.vocal_gain = vocal_gain
         self.comb_bins, self.comb_rel = comb_bins, comb_rel
         self.kick_power, self.voicing = kick_power, voicing
+        self.bass_comb, self.bass_comb_hz = bass_comb, bass_comb_hz
+        self.f0_min_hz, self.f0_smooth = f0_min_hz, f0_smooth
         self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
         f = np.arange(n_fft // 2 + 1) * SAMPLE_RATE / n_fft
         self.freqs = f
@@ -259,13 +261,17 @@ class DspSeparator:
         bass = mH * self.w_low
         drums = mP
         hm = mH * (1.0 - self.w_low)
+        if self.bass_comb:
+            bc = self._bass_comb(mag * mH)
+            bass = bass + hm * bc
+            hm = hm * (1.0 - bc)
         if self.vocal_cue == "center":
             C = L * np.conj(R)
             Cs = _box_time(C, self.cs)
             Ps = _box_time(PL + PR, self.cs)
             coh = 2.0 * np.abs(Cs) / (Ps + eps)
             v = np.clip(coh, 0, 1) ** self.center_power
-        elif self.vocal_cue in ("mid", "f0", "f0mid", "f0coh"):
+        elif self.vocal_cue in ("mid", "f0", "f0mid", "f0coh", "repet"):
             Ps = _box_time(PL + PR, self.cs)
             if self.vocal_cue != "f0coh":
                 Cr = _box_time((L * np.conj(R)).real, self.cs)
@@ -274,7 +280,20 @@ class DspSeparator:
                 Cs = _box_time(L * np.conj(R), self.cs)
                 midness = np.clip(2.0 * np.abs(Cs) / (Ps + eps), 0, 1)
             v = midness ** self.center_power
-            if self.vocal_cue.startswith("f0"):
+            if self.vocal_cue == "repet":
+                A = mag * hm * self.w_band
+                lg = np.log1p(A[:, :480] / (A.max() * 1e-4 + 1e-30))
+                lg /= np.linalg.norm(lg, axis=1, keepdims=True) + 1e-9
+                sim = lg @ lg.T
+                m = sim.shape[0]
+                ii = np.arange(m)
+                sim[np.abs(ii[:, None] - ii[None]) < 40] = -np.inf
+                kq = min(10, max(1, m - 81))
+                nn = np.argpartition(-sim, kq, axis=1)[:, :kq]
+                bg = np.median(A[nn], axis=1)
+                rv = np.clip(1.0 - bg / (A + eps), 0, 1)
+                v = rv * v
+            elif self.vocal_cue.startswith("f0"):
                 Aband = mag * hm * self.w_band
                 comb = self._f0_comb(Aband)
                 e = Aband ** 2
@@ -299,7 +318,8 @@ class DspSeparator:
         """Harmonic comb of the most salient pitch per frame (0..1 per bin)."""
         df = SAMPLE_RATE / self.n_fft
         if not hasattr(self, "_f0_idx"):
-            cands = 150.0 * 2 ** (np.arange(0, 33 * 3) / 36.0)
+            n_c = int(np.floor(36 * np.log2(1000.0 / self.f0_min_hz))) + 1
+            cands = self.f0_min_hz * 2 ** (np.arange(n_c) / 36.0)
             H = 12
             hf = cands[:, None] * np.arange(1, H + 1)[None]
             idx = np.clip(np.round(hf / df).astype(int), 0, len(self.freqs) - 1)
@@ -308,13 +328,37 @@ class DspSeparator:
         Ac = np.sqrt(A)
         Am = np.maximum(Ac, np.maximum(np.roll(Ac, 1, axis=1), np.roll(Ac, -1, axis=1)))
         S = (Am[:, self._f0_idx] * self._f0_w[None]).sum(-1)  # (m, cands)
-        best = self._f0_c[np.argmax(S, axis=1)]  # (m,)
+        bi = np.argmax(S, axis=1)
+        if self.f0_smooth > 1:
+            from scipy.ndimage import median_filter
+            bi = median_filter(bi, self.f0_smooth, mode="nearest")
+        best = self._f0_c[bi]  # (m,)
         f = self.freqs[None, :]
         ratio = f / best[:, None]
         h = np.maximum(np.round(ratio), 1)
         d = np.abs(f - h * best[:, None])
         sig = np.maximum(self.comb_bins * df, self.comb_rel * f)
         return np.exp(-0.5 * (d / sig) ** 2).astype(np.float32)
+
+    def _bass_comb(self, A: np.ndarray) -> np.ndarray:
+        df = SAMPLE_RATE / self.n_fft
+        if not hasattr(self, "_b_idx"):
+            cands = 35.0 * 2 ** (np.arange(0, 30 * 3) / 36.0)  # 35..~200 Hz
+            H = 8
+            hf = cands[:, None] * np.arange(1, H + 1)[None]
+            idx = np.clip(np.round(hf / df).astype(int), 0, len(self.freqs) - 1)
+            wts = (0.8 ** np.arange(H))[None] * (hf < self.bass_comb_hz)
+            self._b_idx, self._b_w, self._b_c = idx, wts.astype(np.float32), cands
+        Ac = np.sqrt(A)
+        Am = np.maximum(Ac, np.maximum(np.roll(Ac, 1, axis=1), np.roll(Ac, -1, axis=1)))
+        S = (Am[:, self._b_idx] * self._b_w[None]).sum(-1)
+        best = self._b_c[np.argmax(S, axis=1)]
+        f = self.freqs[None, :]
+        h = np.maximum(np.round(f / best[:, None]), 1)
+        d = np.abs(f - h * best[:, None])
+        sig = np.maximum(self.comb_bins * df, self.comb_rel * f)
+        fade = 1.0 / (1.0 + (f / self.bass_comb_hz) ** 8)
+        return (np.exp(-0.5 * (d / sig) ** 2) * fade * self.bass_comb).astype(np.float32)
 
     def _process(self, mix: np.ndarray, components=(), progress=None):
         mix = np.ascontiguousarray(mix, dtype=np.float32)

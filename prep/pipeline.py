@@ -43,7 +43,11 @@ from prep.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, content_hash, 
 from prep.crate import Crate, default_db_path
 from prep.overview import POINTS_PER_SECOND
 from prep.separate import SeparatorChoice
-from prep.stems import STEM_FILE_SUFFIX, STEM_NAMES, StemFileError, read_stem_file, write_stem_file
+from prep.stems import (STEM_FILE_SUFFIX, STEM_NAMES, StemFileError, import_ni_stems, read_stem_file,
+                        write_stem_file)
+
+NI_STEMS_SUFFIX = ".stem.mp4"
+"""Files with this ending carry their own stems (NI Stems); prep imports them instead of separating."""
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
                    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
@@ -258,9 +262,9 @@ class _Outcome:
 
 @dataclass(frozen=True)
 class _Separation:
-    """What a worker needs to separate: sent once, at start-up."""
+    """What a worker needs to make stems: sent once, at start-up. ``choice`` None: import only, no separation."""
 
-    choice: SeparatorChoice
+    choice: SeparatorChoice | None
     stems_dir: str
 
 
@@ -303,7 +307,12 @@ def _process(job: _Job) -> _Outcome:
     if digest in _known_hashes and not job.force:
         return _Outcome(job, "known", content_hash=digest, tags=tags, duration_s=duration_s)
     stems = stems_info = warning = None
-    if _separation is not None:
+    if job.path.lower().endswith(NI_STEMS_SUFFIX):
+        try:
+            stems, stems_info = _imported_stems(job.path, samples, digest)
+        except Exception as err:  # noqa: BLE001 - fall back to separating the master
+            warning = f"its NI stems could not be read ({_one_line(err)})"
+    if stems is None and _separation is not None and _separation.choice is not None:
         try:
             stems, stems_info = _stems_for(samples, digest)
         except Exception as err:  # noqa: BLE001 - the mix can still be analysed
@@ -324,10 +333,26 @@ def stem_file_path(stems_dir: str | Path, digest: str) -> Path:
     return Path(stems_dir) / digest[:2] / f"{digest}{STEM_FILE_SUFFIX}"
 
 
+def _imported_stems(path: str, samples, digest: str):
+    """The stems an NI Stems file carries (Traktor's format): no separation needed."""
+    _, stems, _ = import_ni_stems(path)
+    frames = samples.shape[0]
+    if abs(stems.shape[1] - frames) > SAMPLE_RATE // 10:
+        raise StemFileError(path, f"stems last {stems.shape[1] / SAMPLE_RATE:.2f} s, the master "
+                                  f"{frames / SAMPLE_RATE:.2f} s")
+    fitted = np.zeros((stems.shape[0], frames, stems.shape[2]), dtype=np.float32)
+    n = min(frames, stems.shape[1])
+    fitted[:, :n] = stems[:, :n]
+    assert _separation is not None
+    target = stem_file_path(_separation.stems_dir, digest)
+    write_stem_file(target, fitted, SAMPLE_RATE, meta={"separator": "import", "source": path})
+    return fitted, {"path": str(target), "frames": frames, "model": "import", "reused": True}
+
+
 def _stems_for(samples, digest: str):
     """The track's stems: reused from an earlier interrupted run, else separated and written."""
     global _separator
-    assert _separation is not None
+    assert _separation is not None and _separation.choice is not None
     choice = _separation.choice
     path = stem_file_path(_separation.stems_dir, digest)
     if path.exists():
@@ -669,7 +694,7 @@ def prep_crate(crate_dir: Path, db_path: str | Path | None = None, workers: int 
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     report = PrepReport(crate_dir=crate_dir, db_path=db, separator=separator.name if separator else "")
-    separation = _Separation(separator, str(db.parent / "stems")) if separator is not None else None
+    separation = _Separation(separator, str(db.parent / "stems"))
 
     with Crate(db, root=root) as crate:
         if crate.get_meta("root") != str(root):

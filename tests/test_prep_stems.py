@@ -152,3 +152,23 @@ def test_prep_without_separation_keeps_mix_analysis(tmp_path: Path, tracks) -> N
         record = json.loads(conn.execute("SELECT json FROM analysis").fetchone()[0])
         lanes = json.loads(conn.execute("SELECT lanes FROM overviews").fetchone()[0])
     assert record["analysed_from"] == "mix" and lanes == ["mix"]
+
+
+def test_ni_stems_files_bring_their_own_stems(tmp_path: Path, tracks) -> None:
+    from prep.stems import export_ni_stems
+
+    crate = tmp_path / "traktor"
+    crate.mkdir()
+    t = tracks[0]
+    true_stems = np.stack([t.stems[name] for name in STEM_NAMES])
+    export_ni_stems(crate / "song.stem.mp4", true_stems, mix=t.mix)
+    result = _ate(tmp_path, "prep", str(crate), "--no-progress", "--separator", "none")
+    assert result.returncode == 0, result.stdout + result.stderr
+    with Crate(default_db_path(crate), readonly=True) as c:
+        row = c.list_tracks()[0]
+        stored = c.get_stems(row["content_hash"])
+        assert stored["model"] == "import"
+        stems, _ = read_stem_file(stored["path"])
+        # ALAC is lossless on 16-bit audio: the stems are the ones written, in ATE's order.
+        np.testing.assert_allclose(stems, true_stems[:, : stems.shape[1]], atol=2e-4)
+        assert c.get_analysis(row["content_hash"])["analysed_from"] == "stems"
