@@ -133,7 +133,10 @@ def analyze_audio(samples: np.ndarray, path: str = "", stems: np.ndarray | None 
         pitched = _analysis_mono(samples - stems[index["drums"]])
         vocals = _analysis_mono(stems[index["vocals"]])
         grid = track_beats(y, ANALYSIS_SR, drums=drums, harmonic=pitched)
-        key = estimate_key(pitched, ANALYSIS_SR)
+        # A rough separation can pull harmonic content into the drum stem
+        # (the DSP fallback does, under fast drum and bass): the pitched stems
+        # win only when their key is clearer than the mix's.
+        key = max(estimate_key(pitched, ANALYSIS_SR), estimate_key(y, ANALYSIS_SR), key=lambda k: k.confidence)
         vocal_regions = vocal_activity(vocals, y, ANALYSIS_SR)
         stem_lufs = {name: integrated_loudness_lufs(stems[i], SAMPLE_RATE) for i, name in enumerate(STEM_NAMES)}
         overview = waveform_overview(stems, SAMPLE_RATE)

@@ -1,56 +1,135 @@
-"""PROTOTYPE"""
+"""Four-stem separation without model weights: ``--separator dsp``.
+
+:class:`DspSeparator` splits a stereo mix into drums, bass, vocals and other
+with classic signal processing only, so a machine without demucs weights
+still gets playable stems. It is a masking separator: every stem is the
+inverse STFT of the mix's STFT times a real mask, the four masks add up to 1
+in every bin, and the four stems add up to the mix to float32 rounding
+(``other`` is formed as the time-domain remainder, so the identity holds at
+the edges too).
+
+The masks come from the channel-RMS magnitude ``sqrt((|L|^2 + |R|^2) / 2)``
+(which, unlike the mid channel's ``|L + R| / 2``, cannot cancel) and are applied to both channels, so the
+stereo image of each stem is the mix's image in the bins it owns:
+
+1. Harmonic/percussive split by median filtering (D. Fitzgerald, "Harmonic/
+   percussive separation using median filtering", DAFx 2010; the soft masks
+   of ``librosa.decompose.hpss`` with power 2): a median over
+   ``harmonic_kernel_s`` along time, one over ``percussive_kernel_hz`` along
+   frequency, ``H^2 / (H^2 + P^2)``.
+2. Kick. Below ~260 Hz a kick drum's body is a decaying sine, which a
+   median filter calls harmonic, and it holds most of a dance track's drum
+   energy. The whole track's low band is scanned first (one cheap extra
+   STFT pass): onsets are peaks of low-band spectral flux; each onset's
+   *novelty* patch (magnitude above the quieter of the two frames before,
+   over ``kick_window_s``) is compared with all others, and the patch most like
+   the other decaying patches (the kick, a sample that repeats) picks the
+   members of its cluster. Their median is the kick template; each onset
+   that resembles it (cosine similarity 0.25 -> 0.45 gives weight 0 -> 1)
+   contributes its own novelty, forced to decay no slower than the template
+   (so a bass note that starts later in the window is not taken). The
+   kick's share ``min(1, K / P) ** kick_mask_exponent`` of the harmonic part
+   moves to drums.
+3. Bass = the remaining harmonic part below ``bass_crossover_hz`` (a
+   soft crossover shaped like a 4th-order Butterworth's power response; the
+   two sides sum to 1).
+4. Vocals = harmonic part in ``vocal_band_hz`` times a harmonic comb on the
+   frame's most salient pitch (``vocal_f0_min_hz``-1 kHz, 12 harmonics,
+   Gaussian teeth ``max(comb_sigma_hz, comb_sigma_rel * f)`` wide, so vibrato
+   stays inside), times *mid-ness* ``0.5 + Re<L R*> / <|L|^2 + |R|^2>``
+   (1 for a centred source, ~0.5 for decorrelated or wide ones; smoothed over
+   ``midness_frames``) raised to ``midness_power``, times a per-frame voicing
+   weight: the share of the band's energy that comb and (unraised) mid-ness
+   explain, mapped linearly from ``voicing_range`` to 0..1.
+5. Other = everything else (chords, pads, leads, effects).
+
+Quality on the twelve tracks of :func:`prep.synth.standard_set` (true stems,
+:func:`bench_dsp_separator`), SDR in dB drums / bass / vocals / other:
+this separator 6.4 / 4.0 / 6.7 / 4.6; every stem = mix/4: 2.0 / 1.6 / -0.3 /
+-1.1; librosa's HPSS alone (drums = percussive, other = harmonic): 1.1 / 0 /
+0 / -9.6. Where the energy goes (rows: true stem; columns: estimate, same
+order): drums .81 .18 .00 .01, bass .31 .63 .02 .04, vocals .04 .01 .82 .14,
+other .08 .05 .20 .67. Kick and bass trade energy most: both are centred,
+pitched and below 100 Hz. These are honest DSP numbers, well short of a
+trained model.
+
+Alternatives measured on six of those tracks (numbers 0-3, 5, 8) while
+choosing step 4, SDR vocals / other with the settings of the time: no cue
+1.7 / 0.1; inter-channel coherence ``|<L R*>|`` 2.9 / 1.2; mid-ness alone
+5.0 / 3.6; pitch comb alone 5.5 / 2.9; comb x coherence 5.7 / 3.1; comb x
+mid-ness 6.5 / 3.7 (kept; 7.4 / 4.9 after the later tuning); REPET-SIM (the
+median of each frame's ten most similar frames about 1 s away or more, within a
+block, as ``librosa.decompose.nn_filter`` does) x mid-ness 3.9 / 2.0 —
+generated (and much real) music repeats its vocal hook with its chords,
+which is what REPET removes. Without the kick step drums / bass score 1.7 /
+-0.4 instead of 6.3 / 3.9. A pitch comb for the bass's harmonics above the
+crossover lost 1-5 dB on vocals / other and was dropped. The vocal comb
+searches down to 100 Hz for real male voices; on the generated set (voices
+above 185 Hz) a 150 Hz floor would score 0.6 dB more on vocals.
+
+Everything runs in blocks of ``block_frames`` STFT frames with enough
+context for the filters that block edges leave no trace (results match a
+single block to 1e-7), float32 throughout; a 6-minute track needs about
+140 MB beyond its input and output. One core: about 48x real time on the
+development machine (6-minute track: 7.5 s).
+
+:func:`separation_scores` defines the metrics (SDR, SI-SDR, energy share);
+:meth:`DspSeparator.separate_components` gives the exact per-source
+decomposition that the energy share needs for masking separators.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import numba
 import numpy as np
 from scipy import fft as sp_fft
+from scipy.ndimage import maximum_filter, maximum_filter1d
 
-from prep.audio import SAMPLE_RATE
+from prep.audio import SAMPLE_RATE, to_stereo
+from prep.stems import STEM_NAMES  # ("drums", "bass", "vocals", "other"): the order of every (4, frames, 2) array
 
-STEM_NAMES = ("drums", "bass", "vocals", "other")
+__all__ = ["STEM_NAMES", "DspSeparator", "separation_scores", "bench_dsp_separator"]
+
+_EPS = np.float32(1e-12)
+_LOW_BAND_HZ = 260.0
+"""Upper edge of the band the kick model works in, in Hz (kick body, sweep and snare tone)."""
+
+
+# --------------------------------------------------------------------------- filters
+
+@numba.njit(cache=True, nogil=True)
+def _reflect(j: int, n: int) -> int:  # pragma: no cover - compiled
+    while j < 0 or j >= n:
+        if j < 0:
+            j = -j - 1
+        if j >= n:
+            j = 2 * n - 1 - j
+    return j
 
 
 @numba.njit(cache=True, nogil=True)
-def _median_rows(x, k, out):  # pragma: no cover - compiled
-    """Running median of odd length ``k`` along axis 1 of ``x``, edges reflected (d c b a | a b c d)."""
+def _running_median_rows(x: np.ndarray, k: int, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Median of odd length ``k`` along axis 1 of ``x``, edges reflected (``d c b a | a b c d``, as scipy's "reflect").
+
+    The window is kept sorted; each step moves the outgoing value's slot to
+    the incoming value's place, O(k) per output instead of a sort.
+    """
     rows, n = x.shape
     h = k // 2
     win = np.empty(k, dtype=np.float32)
     for r in range(rows):
         for i in range(k):
-            j = i - h
-            if j < 0:
-                j = -j - 1
-            while j >= n or j < 0:
-                if j >= n:
-                    j = 2 * n - 1 - j
-                if j < 0:
-                    j = -j - 1
-            win[i] = x[r, j]
+            win[i] = x[r, _reflect(i - h, n)]
         win.sort()
         out[r, 0] = win[h]
         for c in range(1, n):
-            jo = c - 1 - h
-            while jo < 0 or jo >= n:
-                if jo < 0:
-                    jo = -jo - 1
-                if jo >= n:
-                    jo = 2 * n - 1 - jo
-            jn = c + h
-            while jn < 0 or jn >= n:
-                if jn < 0:
-                    jn = -jn - 1
-                if jn >= n:
-                    jn = 2 * n - 1 - jn
-            old = x[r, jo]
-            new = x[r, jn]
-            # locate old (any equal element will do), then slide it to new's place
+            old = x[r, _reflect(c - 1 - h, n)]
+            new = x[r, _reflect(c + h, n)]
             lo, hi = 0, k - 1
-            while lo < hi:
+            while lo < hi:  # leftmost slot holding ``old``
                 mid = (lo + hi) // 2
                 if win[mid] < old:
                     lo = mid + 1
@@ -67,368 +146,512 @@ def _median_rows(x, k, out):  # pragma: no cover - compiled
                     p -= 1
             win[p] = new
             out[r, c] = win[h]
-    return out
 
 
 def _median_time(x: np.ndarray, k: int) -> np.ndarray:
-    """Median over ``k`` frames; ``x`` is (frames, bins)."""
+    """Running median over ``k`` frames of a ``(frames, bins)`` array."""
     xt = np.ascontiguousarray(x.T)
     out = np.empty_like(xt)
-    _median_rows(xt, k, out)
+    _running_median_rows(xt, k, out)
     return out.T
 
 
 def _median_freq(x: np.ndarray, k: int) -> np.ndarray:
+    """Running median over ``k`` bins of a ``(frames, bins)`` array."""
+    x = np.ascontiguousarray(x)
     out = np.empty_like(x)
-    _median_rows(np.ascontiguousarray(x), k, out)
+    _running_median_rows(x, k, out)
     return out
 
 
 def _box_time(x: np.ndarray, k: int) -> np.ndarray:
-    """Mean over ``k`` (odd) frames along axis 0, edges shortened."""
-    if k <= 1:
-        return x
+    """Mean over ``k`` (odd) frames along axis 0, the window shortened at the edges.
+
+    Shifted sums rather than a cumulative sum: a float32 cumsum would drown
+    quiet frames that follow loud ones in rounding error.
+    """
     h = k // 2
-    c = np.cumsum(x, axis=0)
-    c = np.concatenate([np.zeros((1,) + x.shape[1:], c.dtype), c])
     m = x.shape[0]
-    hi = np.minimum(np.arange(m) + h + 1, m)
-    lo = np.maximum(np.arange(m) - h, 0)
-    return (c[hi] - c[lo]) / (hi - lo).astype(np.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+    if h == 0 or m == 0:
+        return x
+    out = x.copy()
+    count = np.ones(m, np.float32)
+    for d in range(1, min(h, m - 1) + 1):
+        out[d:] += x[:-d]
+        out[:-d] += x[d:]
+        count[d:] += 1
+        count[:-d] += 1
+    return out / count.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-from scipy.ndimage import maximum_filter1d, maximum_filter
+# --------------------------------------------------------------------------- kick model
 
-def _kick_model(P, T=16, top_frac=0.25, s_lo=0.25, s_hi=0.45, sup_thr=0.01, dil=2, base=2, comb="max", decay_mode=1, slack=1.1):
+def _kick_power(P: np.ndarray, window_frames: int, ref_frames: int) -> np.ndarray:
+    """Estimated kick-drum power in each bin of a low-band power spectrogram ``P`` (frames, bins).
+
+    See step 2 of the module docstring. What sounded before an onset is the
+    quieter of the ``ref_frames`` frames before it; the last of them is the
+    first whose window ends no later than the onset frame's centre.
+    """
     F, nb = P.shape
-    mag = np.sqrt(P)
-    flux = np.maximum(0, np.diff(mag, axis=0, prepend=mag[:1])).sum(1)
-    thr = 0.1 * np.percentile(flux, 99)
-    pk = (flux == maximum_filter1d(flux, 5)) & (flux > thr)
-    on = np.flatnonzero(pk); on = on[on >= base]
-    if len(on) < 4: return np.zeros_like(P)
-    idx = np.minimum(on[:, None] + np.arange(T)[None], F - 1)
-    valid = (on[:, None] + np.arange(T)[None]) < F
-    ref = mag[on - 1] if base == 1 else np.min(np.stack([mag[on - b] for b in range(1, base + 1)]), 0)
-    N = np.maximum(0, mag[idx] - ref[:, None, :]) * valid[..., None]
-    e = (N**2).sum(2)
-    decay = e[:, 6:].sum(1) / (e[:, :3].sum(1) + 1e-20)
-    v = np.log1p(N / (N.max() * 1e-3 + 1e-30)).reshape(len(on), -1)
-    v = v - v.mean(1, keepdims=True)
-    v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-9
-    sim = v @ v.T
-    kk = max(2, int(top_frac * len(on)))
-    dens = np.sort(sim, axis=1)[:, -kk:].mean(1)
-    cand = np.flatnonzero(decay <= np.median(decay))
-    med = cand[np.argmax(dens[cand])]
-    s = sim[med]
-    members = np.flatnonzero(s >= np.sort(s)[-kk])
-    tmpl = np.median(N[members]**2, axis=0); tmpl /= tmpl.max() + 1e-30
-    sup = maximum_filter(tmpl, size=(2 * dil + 1, 2 * dil + 1)) > sup_thr
-    w = np.clip((s - s_lo) / (s_hi - s_lo), 0, 1)
-    if decay_mode:
-        tm = np.sqrt(tmpl)
-        pkf = np.argmax(tm, axis=0)
-        # per-bin tail decay of the template, magnitude per frame
-        ratios = tm[1:] / (tm[:-1] + 1e-20)
-        after = np.arange(1, T)[:, None] > pkf[None, :]
-        rho = np.array([np.median(ratios[after[:, f], f]) if after[:, f].any() else 0.9 for f in range(nb)])
-        rho = np.clip(rho * slack, 0, 1)
-        Nm = N.copy()
-        for tau in range(1, T):
-            lim = np.where(tau > pkf[None, :], Nm[:, tau - 1] * rho[None, :], np.inf)
-            Nm[:, tau] = np.minimum(Nm[:, tau], lim)
-        N = Nm
+    T = window_frames
     K = np.zeros_like(P)
-    for j in np.flatnonzero(w > 0):
-        t0 = on[j]; m = min(T, F - t0)
-        kj = w[j] * N[j, :m]**2 * sup[:m]
-        if comb == "max": np.maximum(K[t0:t0+m], kj, out=K[t0:t0+m])
-        else: K[t0:t0+m] += kj
+    if F <= ref_frames + 1:
+        return K
+    mag = np.sqrt(P)
+    flux = np.maximum(0.0, np.diff(mag, axis=0, prepend=mag[:1])).sum(1)
+    thr = 0.1 * np.percentile(flux, 99)
+    onsets = np.flatnonzero((flux == maximum_filter1d(flux, 5)) & (flux > thr))
+    onsets = onsets[onsets >= ref_frames]
+    if len(onsets) < 4:
+        return K
+    tau = np.arange(T)
+    idx = np.minimum(onsets[:, None] + tau, F - 1)
+    inside = (onsets[:, None] + tau) < F
+    ref = np.min(np.stack([mag[onsets - b] for b in range(1, ref_frames + 1)]), axis=0)
+    N = np.maximum(0.0, mag[idx] - ref[:, None, :]) * inside[..., None]  # novelty, (onsets, T, bins)
+
+    # The kick is the most common *decaying* onset sound: the medoid of the
+    # onsets whose novelty fades fastest, with its nearest quarter as members.
+    e = (N ** 2).sum(2)
+    fade = e[:, (6 * T) // 16:].sum(1) / (e[:, : max(1, (3 * T) // 16)].sum(1) + 1e-30)
+    v = np.log1p(N / (N.max() * 1e-3 + 1e-30)).reshape(len(onsets), -1)
+    v -= v.mean(1, keepdims=True)
+    v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-9
+    cols = v if len(v) <= 1000 else v[np.linspace(0, len(v) - 1, 1000).astype(int)]
+    sim = v @ cols.T
+    kk = max(2, len(cols) // 4)
+    density = np.sort(sim, axis=1)[:, -kk:].mean(1)
+    decaying = np.flatnonzero(fade <= np.median(fade))
+    medoid = decaying[np.argmax(density[decaying])]
+    s = v @ v[medoid]
+    members = np.flatnonzero(s >= np.sort(s)[-max(2, len(s) // 4)])
+    tmpl = np.median(N[members] ** 2, axis=0)
+    tmpl /= tmpl.max() + 1e-30
+    support = maximum_filter(tmpl, size=(5, 5)) > 0.01  # room for the kit's other kick variants
+
+    # Each bin's novelty may not decay slower than the template's tail (10 % slack).
+    tm = np.sqrt(tmpl)
+    peak = np.argmax(tm, axis=0)
+    ratios = tm[1:] / (tm[:-1] + 1e-20)
+    after = tau[1:, None] > peak[None, :]
+    rho = np.array([np.median(ratios[after[:, f], f]) if after[:, f].any() else 0.9 for f in range(nb)])
+    rho = np.clip(1.1 * rho, 0.0, 1.0)
+    for t in range(1, T):
+        bound = np.where(t > peak[None, :], N[:, t - 1] * rho[None, :], np.inf)
+        np.minimum(N[:, t], bound, out=N[:, t])
+
+    weight = np.clip((s - 0.25) / (0.45 - 0.25), 0.0, 1.0)
+    for j in np.flatnonzero(weight > 0):
+        t0 = onsets[j]
+        m = min(T, F - t0)
+        np.maximum(K[t0:t0 + m], weight[j] * N[j, :m] ** 2 * support[:m], out=K[t0:t0 + m])
     return K
 
 
+# --------------------------------------------------------------------------- separator
+
 class DspSeparator:
+    """Drums / bass / vocals / other by STFT masking; no model weights.
+
+    Parameters
+    ----------
+    n_fft : int
+        STFT length in samples (periodic Hann window); a multiple of ``hop``, at least two.
+    hop : int
+        STFT hop in samples.
+    harmonic_kernel_s : float
+        Length of the time median (harmonic part), in seconds.
+    percussive_kernel_hz : float
+        Width of the frequency median (percussive part), in Hz.
+    bass_crossover_hz : float
+        Harmonic energy below this goes to bass (soft, 4th-order shape), in Hz.
+    vocal_band_hz : (float, float)
+        Band the vocal mask may use, in Hz (soft edges).
+    vocal_f0_min_hz : float
+        Lowest voice pitch the harmonic comb looks for, in Hz (highest: 1 kHz).
+    comb_sigma_hz, comb_sigma_rel : float
+        Width of a comb tooth: ``max(comb_sigma_hz, comb_sigma_rel * f)``, in Hz.
+    midness_power : float
+        Exponent on mid-ness (higher keeps only well-centred sound).
+    midness_frames : int
+        Frames over which the inter-channel statistics are averaged.
+    voicing_range : (float, float)
+        Explained-energy share mapped to voicing weight 0 and 1.
+    kick : bool
+        Model the kick drum's body (step 2); off gives plain HPSS lows.
+    kick_window_s : float
+        How long after an onset a kick may ring, in seconds.
+    kick_mask_exponent : float
+        Exponent on the kick's power share; below 1 errs towards drums.
+    block_frames : int
+        STFT frames per processing block (memory vs. per-block overhead).
+    """
+
     name = "dsp"
 
-    def __init__(self, n_fft: int = 4096, hop: int = 1024, harmonic_kernel_frames: int = 17,
-                 percussive_kernel_bins: int = 17, mask_power: float = 2.0, bass_crossover_hz: float = 160.0,
-                 crossover_order: float = 4.0, vocal_band_hz: tuple[float, float] = (200.0, 5000.0),
-                 vocal_cue: str = "center", center_power: float = 4.0, center_smooth_frames: int = 5,
-                 block_frames: int = 512, kick: str = "template", margin: float = 1.0, vocal_gain: float = 1.0, comb_bins: float = 1.0, comb_rel: float = 0.015, kick_power: float = 1.0, voicing=None, bass_comb: float = 0.0, bass_comb_hz: float = 600.0, f0_min_hz: float = 150.0, f0_smooth: int = 1):
-        self.n_fft, self.hop = n_fft, hop
-        self.kh, self.kp = harmonic_kernel_frames, percussive_kernel_bins
-        self.power = mask_power
-        self.fc = bass_crossover_hz
-        self.order = crossover_order
-        self.vband = vocal_band_hz
-        self.vocal_cue = vocal_cue
-        self.center_power = center_power
-        self.cs = center_smooth_frames
-        self.block = block_frames
-        self.kick = kick
-        self.margin = margin
-        self.vocal_gain = vocal_gain
-        self.comb_bins, self.comb_rel = comb_bins, comb_rel
-        self.kick_power, self.voicing = kick_power, voicing
-        self.bass_comb, self.bass_comb_hz = bass_comb, bass_comb_hz
-        self.f0_min_hz, self.f0_smooth = f0_min_hz, f0_smooth
+    def __init__(self, n_fft: int = 4096, hop: int = 1024, *, harmonic_kernel_s: float = 0.25,
+                 percussive_kernel_hz: float = 180.0, bass_crossover_hz: float = 200.0,
+                 vocal_band_hz: tuple[float, float] = (200.0, 5000.0), vocal_f0_min_hz: float = 100.0,
+                 comb_sigma_hz: float = 21.5, comb_sigma_rel: float = 0.015, midness_power: float = 4.0,
+                 midness_frames: int = 5, voicing_range: tuple[float, float] = (0.25, 0.55), kick: bool = True,
+                 kick_window_s: float = 0.37, kick_mask_exponent: float = 1.0 / 3.0, block_frames: int = 512):
+        if n_fft < 64 or hop < 1 or n_fft % hop or n_fft < 2 * hop:
+            # Hann windows one hop apart would leave samples that no window covers.
+            raise ValueError(f"n_fft must be >= 64 and a multiple of hop (at least 2 hops), "
+                             f"got n_fft={n_fft}, hop={hop}")
+        if not 0 < vocal_band_hz[0] < vocal_band_hz[1] or not 0 < vocal_f0_min_hz < 1000:
+            raise ValueError(f"bad vocal_band_hz {vocal_band_hz} or vocal_f0_min_hz {vocal_f0_min_hz}")
+        if not voicing_range[0] < voicing_range[1]:
+            raise ValueError(f"voicing_range must be increasing, got {voicing_range}")
+        self.n_fft, self.hop = int(n_fft), int(hop)
+        frame_s = hop / SAMPLE_RATE
+        df = SAMPLE_RATE / n_fft
+        self.kernel_h = 2 * max(1, round(harmonic_kernel_s / frame_s / 2)) + 1
+        self.kernel_p = 2 * max(1, round(percussive_kernel_hz / df / 2)) + 1
+        self.midness_frames = 2 * (max(1, int(midness_frames)) // 2) + 1
+        self.midness_power = float(midness_power)
+        self.voicing_range = (float(voicing_range[0]), float(voicing_range[1]))
+        self.kick = bool(kick)
+        self.kick_frames = max(4, round(kick_window_s / frame_s))
+        self.kick_ref_frames = max(1, -(-n_fft // (2 * hop)))
+        self.kick_mask_exponent = float(kick_mask_exponent)
+        self.block_frames = max(16, int(block_frames))
+        self.context_frames = self.kernel_h // 2 + self.midness_frames // 2 + 1
+
         self.window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)).astype(np.float32)
-        f = np.arange(n_fft // 2 + 1) * SAMPLE_RATE / n_fft
-        self.freqs = f
-        self.w_low = (1.0 / (1.0 + (f / self.fc) ** (2 * self.order))).astype(np.float32)
-        lo, hi = self.vband
-        self.w_band = ((1.0 - 1.0 / (1.0 + (f / lo) ** (2 * self.order))) / (1.0 + (f / hi) ** (2 * self.order))).astype(np.float32)
-        self.ctx = self.kh // 2 + self.cs // 2 + 2
+        f = np.arange(n_fft // 2 + 1) * df
+        self.freqs = f.astype(np.float32)
+        self.low_bins = min(len(f), int(math.ceil(_LOW_BAND_HZ / df)) + 1)
+        lowpass = lambda fc: 1.0 / (1.0 + (f / fc) ** 8)  # noqa: E731 - |Butterworth-4|^2 shape
+        self.w_bass = lowpass(bass_crossover_hz).astype(np.float32)
+        self.w_vocal = ((1.0 - lowpass(vocal_band_hz[0])) * lowpass(vocal_band_hz[1])).astype(np.float32)
+        self.comb_sigma = np.maximum(comb_sigma_hz, comb_sigma_rel * f).astype(np.float32)
+        # Pitch candidates 1/36 octave apart; harmonic h weighs 0.85^(h-1), none above the vocal band.
+        n_cand = int(math.floor(36 * math.log2(1000.0 / vocal_f0_min_hz))) + 1
+        self.f0_candidates = (vocal_f0_min_hz * 2 ** (np.arange(n_cand) / 36.0)).astype(np.float32)
+        harm_hz = self.f0_candidates[:, None] * np.arange(1, 13)[None]
+        self.f0_bins = np.clip(np.round(harm_hz / df).astype(np.intp), 0, len(f) - 1)
+        self.f0_weights = ((0.85 ** np.arange(12))[None] * (harm_hz < vocal_band_hz[1])).astype(np.float32)
 
-    # ---- STFT plumbing
+    # ---- public
+
+    def separate(self, samples: np.ndarray, progress: Callable[[float], None] | None = None) -> np.ndarray:
+        """Split a mix into drums, bass, vocals and other.
+
+        Parameters
+        ----------
+        samples : np.ndarray
+            The mix, float ``(frames, 2)`` at 44100 Hz (``(frames,)`` or
+            ``(frames, 1)`` is taken as mono on both channels).
+        progress : callable, optional
+            Called with the fraction done (0..1] after each block.
+
+        Returns
+        -------
+        np.ndarray
+            float32 ``(4, frames, 2)`` in :data:`STEM_NAMES` order; the four
+            stems sum to ``samples`` (to float32 rounding).
+        """
+        return self._run(self._check(samples), (), progress)[0]
+
+    def separate_components(self, samples: np.ndarray, components: Sequence[np.ndarray]) -> np.ndarray:
+        """Apply the masks computed from ``samples`` to each of ``components``.
+
+        Masks are linear per bin, so when ``samples`` is the sum of the
+        components, ``result.sum(axis=0)`` equals ``separate(samples)`` and
+        ``result[j, k]`` is exactly the part of component ``j`` that lands in
+        stem ``k`` (``result[j].sum(axis=0) == components[j]``).
+
+        Returns
+        -------
+        np.ndarray
+            float32 ``(len(components), 4, frames, 2)``.
+        """
+        mix = self._check(samples)
+        comps = [self._check(c) for c in components]
+        if any(c.shape != mix.shape for c in comps):
+            raise ValueError(f"components must have the mix's shape {mix.shape}")
+        outs = self._run(mix, comps, None)
+        return np.stack(outs[1:]) if comps else np.zeros((0, 4) + mix.shape, np.float32)
+
+    # ---- plumbing
+
+    @staticmethod
+    def _check(samples: np.ndarray) -> np.ndarray:
+        x = np.asarray(samples)
+        if x.ndim not in (1, 2) or (x.ndim == 2 and x.shape[1] not in (1, 2)):
+            raise ValueError(f"separate: expected (frames, 2) audio, got shape {x.shape}")
+        x = to_stereo(x)
+        if not np.all(np.isfinite(x)):
+            raise ValueError("separate: input contains NaN or infinite samples")
+        return x
+
     def _stft(self, x: np.ndarray, a: int, b: int) -> np.ndarray:
+        """STFT frames ``a..b-1`` of stereo ``x`` (frame t centred on sample t*hop, zeros outside) -> (2, b-a, bins)."""
         N, hop = self.n_fft, self.hop
-        n = x.shape[0]
-        s = a * hop - N // 2
-        e = (b - 1) * hop + N // 2
-        seg = np.zeros((e - s, x.shape[1]), np.float32)
-        lo, hi = max(s, 0), min(e, n)
+        start, end = a * hop - N // 2, (b - 1) * hop + N // 2
+        seg = np.zeros((end - start, 2), np.float32)
+        lo, hi = max(start, 0), min(end, x.shape[0])
         if hi > lo:
-            seg[lo - s:hi - s] = x[lo:hi]
-        out = []
-        for ch in range(x.shape[1]):
-            fr = np.lib.stride_tricks.sliding_window_view(seg[:, ch], N)[::hop] * self.window
-            out.append(sp_fft.rfft(fr, axis=-1, workers=1))
-        return np.stack(out)
+            seg[lo - start:hi - start] = x[lo:hi]
+        out = np.empty((2, b - a, N // 2 + 1), np.complex64)
+        for ch in range(2):
+            frames = np.lib.stride_tricks.sliding_window_view(seg[:, ch], N)[::hop] * self.window
+            out[ch] = sp_fft.rfft(frames, axis=-1, workers=1)
+        return out
 
-    def _ola(self, dest: np.ndarray, frames: np.ndarray, a: int) -> None:
-        """Overlap-add windowed time frames (m, N) starting at frame ``a`` into dest (n,)."""
+    def _overlap_add(self, dest: np.ndarray, spec: np.ndarray, a: int) -> None:
+        """Inverse-FFT, window and add the frames of ``spec`` (m, bins), the first being frame ``a``, into ``dest``."""
         N, hop = self.n_fft, self.hop
         r = N // hop
-        m = frames.shape[0]
+        y = sp_fft.irfft(spec, n=N, axis=-1, workers=1)
+        y *= self.window
+        m = y.shape[0]
         acc = np.zeros((m + r - 1, hop), np.float32)
-        fr = frames.reshape(m, r, hop)
+        y = y.reshape(m, r, hop)
         for j in range(r):
-            acc[j:j + m] += fr[:, j]
+            acc[j:j + m] += y[:, j]
         acc = acc.reshape(-1)
-        s = a * hop - N // 2
-        n = dest.shape[0]
-        lo, hi = max(s, 0), min(s + acc.shape[0], n)
+        start = a * hop - N // 2
+        lo, hi = max(start, 0), min(start + acc.shape[0], dest.shape[0])
         if hi > lo:
-            dest[lo:hi] += acc[lo - s:hi - s]
+            dest[lo:hi] += acc[lo - start:hi - start]
 
-    def _wsum(self, s: int, e: int, F: int) -> np.ndarray:
+    def _window_sum(self, s: int, e: int, n_frames: int) -> np.ndarray:
+        """Sum of squared windows over samples ``s..e-1`` (the overlap-add normaliser)."""
         N, hop = self.n_fft, self.hop
-        t_lo = max(0, -(-(s + N // 2 - N + 1) // hop))
-        t_hi = min(F - 1, (e - 1 + N // 2) // hop)
-        m = t_hi - t_lo + 1
-        buf = np.zeros(e, np.float32) if False else None
-        acc = np.zeros(((m + N // hop - 1) * hop,), np.float32)
-        w2 = self.window ** 2
         r = N // hop
-        accv = acc.reshape(-1, hop)
-        w2r = w2.reshape(r, hop)
+        t_lo = max(0, -(-(s + N // 2 - N + 1) // hop))
+        t_hi = min(n_frames - 1, (e - 1 + N // 2) // hop)
+        m = t_hi - t_lo + 1
+        acc = np.zeros((m + r - 1, hop), np.float32)
+        w2 = (self.window ** 2).reshape(r, hop)
         for j in range(r):
-            accv[j:j + m] += w2r[j]
+            acc[j:j + m] += w2[j]
         start = t_lo * hop - N // 2
-        return acc[s - start:e - start]
+        return acc.reshape(-1)[s - start:e - start]
 
-    # ---- masks
-    def _masks(self, X: np.ndarray, K=None) -> np.ndarray:
-        L, R = X[0], X[1]
-        PL = L.real ** 2 + L.imag ** 2
-        PR = R.real ** 2 + R.imag ** 2
-        P = 0.5 * (PL + PR)
-        mag = np.sqrt(P)
-        H = _median_time(mag, self.kh)
-        Pc = _median_freq(mag, self.kp)
-        eps = np.float32(1e-12)
-        if self.power == 2.0:
-            h, q = H * H, Pc * Pc
-        else:
-            h, q = H ** self.power, Pc ** self.power
-        if self.margin == 1.0:
-            mH = (h + eps) / (h + q + 2 * eps)
-            mP = 1.0 - mH
-            mR = None
-        else:
-            mm = np.float32(self.margin ** self.power)
-            mH = (h + eps) / (h + mm * q + 2 * eps)
-            mP = (q + eps) / (q + mm * h + 2 * eps)
-            mR = 1.0 - mH - mP
-        if K is not None and self.kick != "none":
-            nb = K.shape[1]
-            mK = np.zeros_like(mH)
-            mK[:, :nb] = np.minimum(1.0, K / (P[:, :nb] + eps)) ** self.kick_power
-            mP = mP + mH * mK
-            mH = mH * (1.0 - mK)
-        bass = mH * self.w_low
-        drums = mP
-        hm = mH * (1.0 - self.w_low)
-        if self.bass_comb:
-            bc = self._bass_comb(mag * mH)
-            bass = bass + hm * bc
-            hm = hm * (1.0 - bc)
-        if self.vocal_cue == "center":
-            C = L * np.conj(R)
-            Cs = _box_time(C, self.cs)
-            Ps = _box_time(PL + PR, self.cs)
-            coh = 2.0 * np.abs(Cs) / (Ps + eps)
-            v = np.clip(coh, 0, 1) ** self.center_power
-        elif self.vocal_cue in ("mid", "f0", "f0mid", "f0coh", "repet"):
-            Ps = _box_time(PL + PR, self.cs)
-            if self.vocal_cue != "f0coh":
-                Cr = _box_time((L * np.conj(R)).real, self.cs)
-                midness = np.clip(0.5 + Cr / (Ps + eps), 0, 1)
-            else:
-                Cs = _box_time(L * np.conj(R), self.cs)
-                midness = np.clip(2.0 * np.abs(Cs) / (Ps + eps), 0, 1)
-            v = midness ** self.center_power
-            if self.vocal_cue == "repet":
-                A = mag * hm * self.w_band
-                lg = np.log1p(A[:, :480] / (A.max() * 1e-4 + 1e-30))
-                lg /= np.linalg.norm(lg, axis=1, keepdims=True) + 1e-9
-                sim = lg @ lg.T
-                m = sim.shape[0]
-                ii = np.arange(m)
-                sim[np.abs(ii[:, None] - ii[None]) < 40] = -np.inf
-                kq = min(10, max(1, m - 81))
-                nn = np.argpartition(-sim, kq, axis=1)[:, :kq]
-                bg = np.median(A[nn], axis=1)
-                rv = np.clip(1.0 - bg / (A + eps), 0, 1)
-                v = rv * v
-            elif self.vocal_cue.startswith("f0"):
-                Aband = mag * hm * self.w_band
-                comb = self._f0_comb(Aband)
-                e = Aband ** 2
-                r = (comb * e).sum(1) / (e.sum(1) + eps)
-                rm = (comb * e * midness).sum(1) / (e.sum(1) + eps)
-                if hasattr(self, "_diag"):
-                    self._diag.append(np.stack([r, rm, e.sum(1)], 1))
-                if self.voicing is not None:
-                    lo_, hi_, k_ = self.voicing
-                    rs = _box_time(rm, k_) if k_ > 1 else rm
-                    vt = np.clip((rs - lo_) / (hi_ - lo_), 0, 1).astype(np.float32)
-                    comb = comb * vt[:, None]
-                v = comb if self.vocal_cue == "f0" else comb * v
-        elif self.vocal_cue == "none":
-            v = np.ones_like(mH)
-        else:
-            raise ValueError(self.vocal_cue)
-        vocals = hm * self.w_band * np.clip(v * self.vocal_gain, 0, 1)
-        return np.stack([drums, bass, vocals]).astype(np.float32)
-
-    def _f0_comb(self, A: np.ndarray) -> np.ndarray:
-        """Harmonic comb of the most salient pitch per frame (0..1 per bin)."""
-        df = SAMPLE_RATE / self.n_fft
-        if not hasattr(self, "_f0_idx"):
-            n_c = int(np.floor(36 * np.log2(1000.0 / self.f0_min_hz))) + 1
-            cands = self.f0_min_hz * 2 ** (np.arange(n_c) / 36.0)
-            H = 12
-            hf = cands[:, None] * np.arange(1, H + 1)[None]
-            idx = np.clip(np.round(hf / df).astype(int), 0, len(self.freqs) - 1)
-            wts = (0.85 ** np.arange(H))[None] * (hf < 5000)
-            self._f0_idx, self._f0_w, self._f0_c = idx, wts.astype(np.float32), cands
-        Ac = np.sqrt(A)
-        Am = np.maximum(Ac, np.maximum(np.roll(Ac, 1, axis=1), np.roll(Ac, -1, axis=1)))
-        S = (Am[:, self._f0_idx] * self._f0_w[None]).sum(-1)  # (m, cands)
-        bi = np.argmax(S, axis=1)
-        if self.f0_smooth > 1:
-            from scipy.ndimage import median_filter
-            bi = median_filter(bi, self.f0_smooth, mode="nearest")
-        best = self._f0_c[bi]  # (m,)
-        f = self.freqs[None, :]
-        ratio = f / best[:, None]
-        h = np.maximum(np.round(ratio), 1)
-        d = np.abs(f - h * best[:, None])
-        sig = np.maximum(self.comb_bins * df, self.comb_rel * f)
-        return np.exp(-0.5 * (d / sig) ** 2).astype(np.float32)
-
-    def _bass_comb(self, A: np.ndarray) -> np.ndarray:
-        df = SAMPLE_RATE / self.n_fft
-        if not hasattr(self, "_b_idx"):
-            cands = 35.0 * 2 ** (np.arange(0, 30 * 3) / 36.0)  # 35..~200 Hz
-            H = 8
-            hf = cands[:, None] * np.arange(1, H + 1)[None]
-            idx = np.clip(np.round(hf / df).astype(int), 0, len(self.freqs) - 1)
-            wts = (0.8 ** np.arange(H))[None] * (hf < self.bass_comb_hz)
-            self._b_idx, self._b_w, self._b_c = idx, wts.astype(np.float32), cands
-        Ac = np.sqrt(A)
-        Am = np.maximum(Ac, np.maximum(np.roll(Ac, 1, axis=1), np.roll(Ac, -1, axis=1)))
-        S = (Am[:, self._b_idx] * self._b_w[None]).sum(-1)
-        best = self._b_c[np.argmax(S, axis=1)]
-        f = self.freqs[None, :]
-        h = np.maximum(np.round(f / best[:, None]), 1)
-        d = np.abs(f - h * best[:, None])
-        sig = np.maximum(self.comb_bins * df, self.comb_rel * f)
-        fade = 1.0 / (1.0 + (f / self.bass_comb_hz) ** 8)
-        return (np.exp(-0.5 * (d / sig) ** 2) * fade * self.bass_comb).astype(np.float32)
-
-    def _process(self, mix: np.ndarray, components=(), progress=None):
-        mix = np.ascontiguousarray(mix, dtype=np.float32)
+    def _run(self, mix: np.ndarray, components: Sequence[np.ndarray], progress) -> list[np.ndarray]:
         n = mix.shape[0]
-        N, hop = self.n_fft, self.hop
-        F = n // hop + 1
-        sigs = [mix] + [np.ascontiguousarray(c, dtype=np.float32) for c in components]
-        outs = [np.zeros((4, n, 2), np.float32) for _ in sigs]
+        signals = [mix, *components]
+        outs = [np.zeros((4, n, 2), np.float32) for _ in signals]
+        if n == 0:
+            return outs
+        hop, B, ctx = self.hop, self.block_frames, self.context_frames
+        n_frames = n // hop + 1
+        kick = self._kick_model(mix, n_frames) if self.kick else None
         done = 0
-        Kall = None
-        if self.kick != "none":
-            nb = 24
-            Pl = np.empty((F, nb), np.float32)
-            for a in range(0, F, self.block):
-                b = min(F, a + self.block)
-                Xl = self._stft(mix, a, b)[:, :, :nb]
-                Pl[a:b] = 0.5 * (np.abs(Xl[0]) ** 2 + np.abs(Xl[1]) ** 2)
-            Kall = _kick_model(Pl)
-        for a in range(0, F, self.block):
-            b = min(F, a + self.block)
-            a0, b0 = max(0, a - self.ctx), min(F, b + self.ctx)
+        for a in range(0, n_frames, B):
+            b = min(n_frames, a + B)
+            a0, b0 = max(0, a - ctx), min(n_frames, b + ctx)
             X = self._stft(mix, a0, b0)
-            M = self._masks(X, None if Kall is None else Kall[a0:b0])[:, a - a0:b - a0]
-            for i, (sig, out) in enumerate(zip(sigs, outs)):
+            masks = self._masks(X, None if kick is None else kick[a0:b0])[:, a - a0:b - a0]
+            for i, (sig, out) in enumerate(zip(signals, outs)):
                 Xs = X[:, a - a0:b - a0] if i == 0 else self._stft(sig, a, b)
                 for k in range(3):
                     for ch in range(2):
-                        y = sp_fft.irfft(M[k] * Xs[ch], n=N, axis=-1, workers=1) * self.window
-                        self._ola(out[k, :, ch], y, a)
-            lim = n if b == F else min(n, b * hop - N // 2)
-            if lim > done:
-                ws = self._wsum(done, lim, F)[:, None]
-                for sig, out in zip(sigs, outs):
-                    out[:3, done:lim] /= ws
-                    out[3, done:lim] = sig[done:lim] - out[0, done:lim] - out[1, done:lim] - out[2, done:lim]
-                done = lim
+                        self._overlap_add(out[k, :, ch], masks[k] * Xs[ch], a)
+            # Samples before the next block's first window are final: normalise, and
+            # make "other" the remainder so that the stems sum to the input exactly.
+            ready = n if b == n_frames else min(n, b * hop - self.n_fft // 2)
+            if ready > done:
+                wsum = self._window_sum(done, ready, n_frames)[:, None]
+                for sig, out in zip(signals, outs):
+                    seg = out[:, done:ready]
+                    seg[:3] /= wsum
+                    seg[3] = sig[done:ready] - seg[0] - seg[1] - seg[2]
+                done = ready
             if progress is not None:
-                progress(b / F)
+                progress(b / n_frames)
         return outs
 
-    def separate(self, samples: np.ndarray, progress: Callable[[float], None] | None = None) -> np.ndarray:
-        return self._process(samples, (), progress)[0]
+    def _kick_model(self, mix: np.ndarray, n_frames: int) -> np.ndarray:
+        nb = self.low_bins
+        P = np.empty((n_frames, nb), np.float32)
+        for a in range(0, n_frames, self.block_frames):
+            b = min(n_frames, a + self.block_frames)
+            X = self._stft(mix, a, b)[:, :, :nb]
+            P[a:b] = 0.5 * (X[0].real ** 2 + X[0].imag ** 2 + X[1].real ** 2 + X[1].imag ** 2)
+        return _kick_power(P, self.kick_frames, self.kick_ref_frames).astype(np.float32)
 
-    def decompose(self, samples, components):
-        outs = self._process(samples, components)
-        return outs[0], np.stack(outs[1:])
+    def _masks(self, X: np.ndarray, kick: np.ndarray | None) -> np.ndarray:
+        """Masks of drums, bass and vocals, float32 (3, frames, bins); other's is 1 minus their sum."""
+        L, R = X[0], X[1]
+        pl = L.real ** 2 + L.imag ** 2
+        pr = R.real ** 2 + R.imag ** 2
+        power = 0.5 * (pl + pr)
+        mag = np.sqrt(power)
+        h = _median_time(mag, self.kernel_h) ** 2
+        p = _median_freq(mag, self.kernel_p) ** 2
+        harmonic = (h + _EPS) / (h + p + 2 * _EPS)
+        drums = 1.0 - harmonic
+        if kick is not None:
+            nb = kick.shape[1]
+            share = np.minimum(1.0, kick / (power[:, :nb] + _EPS)) ** self.kick_mask_exponent
+            moved = harmonic[:, :nb] * share
+            drums[:, :nb] += moved
+            harmonic[:, :nb] -= moved
+        bass = harmonic * self.w_bass
+        upper = harmonic - bass
+
+        cross = _box_time(L.real * R.real + L.imag * R.imag, self.midness_frames)
+        total = _box_time(pl + pr, self.midness_frames)
+        midness = np.clip(0.5 + cross / (total + _EPS), 0.0, 1.0)
+        band = mag * upper * self.w_vocal
+        comb = self._pitch_comb(band)
+        energy = band ** 2
+        explained = (comb * midness * energy).sum(1) / (energy.sum(1) + _EPS)
+        cue = comb * midness ** self.midness_power
+        lo, hi = self.voicing_range
+        voicing = np.clip((explained - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+        vocals = upper * self.w_vocal * cue * voicing[:, None]
+        return np.stack([drums, bass, vocals]).astype(np.float32, copy=False)
+
+    def _pitch_comb(self, band: np.ndarray) -> np.ndarray:
+        """0..1 per bin: closeness to a harmonic of each frame's most salient pitch."""
+        a = np.sqrt(band)  # compressed, so that one loud partial does not decide the pitch
+        widened = a.copy()  # a partial may fall between bins, or wobble with vibrato
+        widened[:, 1:] = np.maximum(widened[:, 1:], a[:, :-1])
+        widened[:, :-1] = np.maximum(widened[:, :-1], a[:, 1:])
+        salience = np.einsum("mch,ch->mc", widened[:, self.f0_bins], self.f0_weights)
+        f0 = self.f0_candidates[np.argmax(salience, axis=1)][:, None]
+        f = self.freqs[None, :]
+        dist = np.abs(f - np.maximum(np.round(f / f0), 1.0) * f0)
+        return np.exp(-0.5 * (dist / self.comb_sigma) ** 2).astype(np.float32)
 
 
-def separation_scores(true_stems, est_stems, parts=None) -> dict:
-    true_stems = np.asarray(true_stems, np.float64)
-    est_stems = np.asarray(est_stems, np.float64)
-    out = {"sdr": {}, "si_sdr": {}}
+# --------------------------------------------------------------------------- scoring
+
+def separation_scores(true_stems: np.ndarray, est_stems: np.ndarray, parts: np.ndarray | None = None) -> dict:
+    """Per-stem SDR and SI-SDR, and where each true stem's energy went.
+
+    Definitions (``s`` a true stem, ``ŝ`` its estimate, both flattened over
+    frames and channels, inner products in float64):
+
+    - SDR = ``10 log10(|s|^2 / |s - ŝ|^2)`` dB. A silent estimate scores 0 dB,
+      a perfect one +inf (capped by a 1e-20 floor).
+    - SI-SDR = ``10 log10(|αs|^2 / |αs - ŝ|^2)`` with ``α = <ŝ, s> / |s|^2``
+      (J. Le Roux et al., "SDR - half-baked or well done?", ICASSP 2019):
+      SDR after the best gain on the true stem. No mir_eval / BSS-eval filter.
+    - energy_share[j][k]: the share of true stem ``j``'s energy that lands in
+      estimated stem ``k``; rows sum to 1. With ``parts`` (``parts[j, k]`` = the
+      part of stem ``j`` in estimate ``k``, from
+      :meth:`DspSeparator.separate_components`) it is exact:
+      ``<parts[j, k], s_j> / |s_j|^2``. Without, it is the projection
+      ``<ŝ_k, s_j> / Σ_k' <ŝ_k', s_j>``; for estimates that sum to the mix the
+      denominator is ``<mix, s_j>``, and for a masking separator this equals
+      the exact value up to cross-terms between different true stems. An
+      entry can be slightly negative when an estimate is anti-correlated.
+
+    Parameters
+    ----------
+    true_stems, est_stems : np.ndarray
+        ``(4, frames, 2)`` in :data:`STEM_NAMES` order.
+    parts : np.ndarray, optional
+        ``(4, 4, frames, 2)``, see above.
+
+    Returns
+    -------
+    dict
+        ``{"sdr": {stem: dB}, "si_sdr": {stem: dB}, "energy_share": 4x4 list,
+        "energy_share_method": "parts" | "projection"}``; a silent true stem
+        gets ``None`` (JSON null) for its scores and its share row, a silent
+        estimate ``None`` for its SI-SDR.
+    """
+    true_stems = np.asarray(true_stems)
+    est_stems = np.asarray(est_stems)
+    if true_stems.shape != est_stems.shape or true_stems.shape[0] != len(STEM_NAMES):
+        raise ValueError("separation_scores: want two (4, frames, 2) arrays, "
+                         f"got {true_stems.shape} and {est_stems.shape}")
     tiny = 1e-20
+    flat = lambda x: np.asarray(x, np.float64).ravel()  # noqa: E731
+    out: dict = {"sdr": {}, "si_sdr": {}}
+    energies = []
     for k, name in enumerate(STEM_NAMES):
-        s = true_stems[k].ravel()
-        e = est_stems[k].ravel()
+        s, e = flat(true_stems[k]), flat(est_stems[k])
         ss = float(s @ s)
-        out["sdr"][name] = 10 * math.log10((ss + tiny) / (float((s - e) @ (s - e)) + tiny))
-        alpha = float(e @ s) / (ss + tiny)
-        t = alpha * s
-        out["si_sdr"][name] = 10 * math.log10((float(t @ t) + tiny) / (float((t - e) @ (t - e)) + tiny))
-    share = np.zeros((4, 4))
-    for j in range(4):
-        s = true_stems[j].ravel()
-        for k in range(4):
-            if parts is not None:
-                share[j, k] = float(np.asarray(parts[j, k], np.float64).ravel() @ s)
-            else:
-                share[j, k] = float(est_stems[k].ravel() @ s)
-        tot = share[j].sum()
-        share[j] = share[j] / tot if tot > 0 else np.nan
-    out["energy_share"] = share.tolist()
+        energies.append(ss)
+        if ss == 0.0:
+            out["sdr"][name] = out["si_sdr"][name] = None
+            continue
+        d = s - e
+        out["sdr"][name] = 10.0 * math.log10(ss / max(float(d @ d), tiny))
+        if not e.any():  # the best gain is 0 and the ratio 0/0
+            out["si_sdr"][name] = None
+            continue
+        t = (float(e @ s) / ss) * s
+        d = t - e
+        out["si_sdr"][name] = 10.0 * math.log10(max(float(t @ t), tiny) / max(float(d @ d), tiny))
+    share: list = []
+    for j in range(len(STEM_NAMES)):
+        if energies[j] == 0.0:
+            share.append(None)
+            continue
+        s = flat(true_stems[j])
+        if parts is not None:
+            row = [float(flat(parts[j][k]) @ s) / energies[j] for k in range(len(STEM_NAMES))]
+        else:
+            row = [float(flat(est_stems[k]) @ s) for k in range(len(STEM_NAMES))]
+            total = sum(row)
+            row = [r / total if total else float("nan") for r in row]
+        share.append(row)
+    out["energy_share"] = share
+    out["energy_share_method"] = "parts" if parts is not None else "projection"
+    return out
+
+
+# --------------------------------------------------------------------------- benchmark
+
+def bench_dsp_separator(quick: bool = False) -> dict:
+    """Score :class:`DspSeparator` and two weight-free peers on generated tracks, same run.
+
+    Peers: "quarter" (every stem = mix / 4) and "hpss" (``librosa.effects.hpss``
+    with its defaults: drums = percussive, other = harmonic, bass and vocals
+    silent). Scores are :func:`separation_scores` averaged over tracks; the
+    separator's energy share is the exact one (``parts``), the peers' the
+    projection. Speed is audio seconds per CPU second (process time, so
+    threads cannot flatter a method), and the ratio of dsp's to hpss's.
+
+    Parameters
+    ----------
+    quick : bool
+        Four tracks of :func:`prep.synth.standard_set` instead of twelve.
+    """
+    import time
+
+    import librosa
+
+    from prep.synth import STEMS, generate, standard_set
+
+    specs = standard_set()[: 4 if quick else 12]
+    sep = DspSeparator()
+    rows: dict[str, list] = {"dsp": [], "quarter": [], "hpss": []}
+    cpu = {"dsp": 0.0, "hpss": 0.0}
+    audio_s = 0.0
+    for spec in specs:
+        track = generate(spec)
+        true = np.stack([track.stems[k] for k in STEMS])
+        mix = track.mix
+        audio_s += mix.shape[0] / SAMPLE_RATE
+        t0 = time.process_time()
+        est = sep.separate(mix)
+        cpu["dsp"] += time.process_time() - t0
+        t0 = time.process_time()
+        harm, perc = librosa.effects.hpss(mix.T)
+        cpu["hpss"] += time.process_time() - t0
+        silent = np.zeros_like(mix)
+        rows["dsp"].append(separation_scores(true, est, parts=sep.separate_components(mix, true)))
+        rows["quarter"].append(separation_scores(true, np.broadcast_to(mix / 4, true.shape)))
+        rows["hpss"].append(separation_scores(true, np.stack([perc.T, silent, silent, harm.T])))
+    out: dict = {"set": f"prep.synth.standard_set()[:{len(specs)}]", "audio_s": round(audio_s, 1)}
+    for method, scores in rows.items():
+        mean = lambda xs: round(float(np.mean(xs)), 2) if xs else None  # noqa: E731 - None: undefined everywhere
+        out[method] = {metric: {k: mean([s[metric][k] for s in scores if s[metric][k] is not None]) for k in STEM_NAMES}
+                       for metric in ("sdr", "si_sdr")}
+        out[method]["sdr_mean"] = round(float(np.mean(list(out[method]["sdr"].values()))), 2)
+        out[method]["energy_share"] = np.round(np.mean([s["energy_share"] for s in scores], axis=0), 3).tolist()
+    for method, seconds in cpu.items():
+        out[method]["realtime_factor"] = round(audio_s / seconds, 1)
+    out["speed_ratio_dsp_vs_hpss"] = round(cpu["hpss"] / cpu["dsp"], 2)
     return out
