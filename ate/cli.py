@@ -20,15 +20,24 @@ EXIT_USAGE = 2
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from prep.analyze import analyze_file
-    from prep.audio import AudioError
+    from prep.analyze import MIN_DURATION_S, analyze_audio
+    from prep.audio import AudioError, load_audio
     from prep.report import format_analysis
+    from prep.separate import SeparationError, separate_track
 
+    try:
+        choice = _separator_choice(args)
+        separator = choice.build() if choice is not None else None
+    except (SeparationError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
     status = EXIT_OK
     for path in args.paths:
         try:
-            result = analyze_file(path).to_dict()
-        except AudioError as err:
+            samples = load_audio(path, min_duration_s=MIN_DURATION_S)
+            stems = separate_track(samples, separator) if separator is not None else None
+            result = analyze_audio(samples, path=str(path), stems=stems).to_dict()
+        except (AudioError, SeparationError) as err:
             print(f"error: {err}", file=sys.stderr)
             status = EXIT_FAILURES
             continue
@@ -248,12 +257,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_separation_options(p: argparse.ArgumentParser, allow_none: bool) -> None:
+def _add_separation_options(p: argparse.ArgumentParser, allow_none: bool, default: str = "auto") -> None:
     choices = ["auto", "demucs", "dsp"] + (["none"] if allow_none else [])
     g = p.add_argument_group("separation")
-    g.add_argument("--separator", default="auto", choices=choices,
+    g.add_argument("--separator", default=default, choices=choices,
                    help="auto: demucs when its weights are found, else the DSP fallback (with a warning)"
-                        + ("; none: no stems" if allow_none else "") + " (default: auto)")
+                        + ("; none: no stems" if allow_none else "") + f" (default: {default})")
     g.add_argument("--model", default="htdemucs", help="demucs model name (default: htdemucs)")
     g.add_argument("--model-dir", default=None,
                    help="folder holding demucs models in its local-repo layout (default: $ATE_MODEL_DIR, "
@@ -281,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="analyse audio files: tempo, beats, downbeats, key, structure, loudness")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
+    _add_separation_options(p, allow_none=True, default="none")
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("prep", help="scan a folder of music into the crate: stems and analysis (resumable)")

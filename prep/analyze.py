@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prep.audio import SAMPLE_RATE, load_audio, resample, to_mono
+from prep.audio import SAMPLE_RATE, resample, to_mono
 from prep.beats import track_beats
 from prep.key import estimate_key
 from prep.loudness import integrated_loudness_lufs, true_peak_dbtp
@@ -164,9 +164,3 @@ def analyze_audio(samples: np.ndarray, path: str = "", stems: np.ndarray | None 
         stem_lufs=stem_lufs,
         overview=overview,
     )
-
-
-def analyze_file(path: str | Path) -> Analysis:
-    """Decode ``path`` and analyse it; raises :class:`prep.audio.AudioError` on bad input."""
-    samples = load_audio(path, min_duration_s=MIN_DURATION_S)
-    return analyze_audio(samples, path=str(path))

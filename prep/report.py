@@ -171,6 +171,12 @@ def format_analysis(d: dict, unicode: bool | None = None) -> str:
         ("segments", _format_list(d.get("segments") or [])),
         ("phrases", _format_list(d.get("phrases") or [])),
     ]
+    if d.get("vocal_regions") is not None:
+        regions = d["vocal_regions"]
+        rows.append(("vocals", ", ".join(f"{format_clock(a)}-{format_clock(b)}" for a, b in regions) or "none"))
+    if d.get("stem_lufs"):
+        rows.append(("stems", ", ".join(f"{name} {_number(v, '.1f')}" for name, v in d["stem_lufs"].items())
+                     + " LUFS"))
     width = max(len(name) for name, _ in rows) + 2
     lines = [str(d.get("path") or "(audio)")]
     lines += [f"  {name:<{width}}{value}" for name, value in rows]
