@@ -194,8 +194,8 @@ def _open_track(crate_arg: str, db_arg: str | None, query: str):
 
 
 def _cmd_stems(args: argparse.Namespace) -> int:
-    from prep.stems import (StemFileError, export_ni_stems, export_stem_folder, import_ni_stems,
-                            import_stem_folder, read_stem_file, write_stem_file)
+    from prep.stems import (STEM_NAMES, StemFileError, export_ni_stems, export_stem_folder, fit_stems,
+                            import_ni_stems, import_stem_folder, read_stem_file, write_stem_file)
 
     crate, track = _open_track(args.crate, args.db, args.track)
     if crate is None:
@@ -225,13 +225,14 @@ def _cmd_stems(args: argparse.Namespace) -> int:
                 src = Path(args.target)
                 stems = import_stem_folder(src) if src.is_dir() else import_ni_stems(src)[1]
                 frames = int(round((track["duration_s"] or 0) * SAMPLE_RATE))
-                if frames and abs(stems.shape[1] - frames) > SAMPLE_RATE // 10:
-                    print(f"error: {src}: stems last {stems.shape[1] / SAMPLE_RATE:.2f} s but the track "
-                          f"{track['duration_s']:.2f} s", file=sys.stderr)
+                try:
+                    stems = fit_stems(stems, frames, src)
+                except StemFileError as err:  # stems of another edit: the user named the wrong file
+                    print(f"error: {err}", file=sys.stderr)
                     return EXIT_USAGE
-                path = stem_file_path(crate.db_path.parent / "stems", track["content_hash"])
+                path = stem_file_path(crate.stems_dir, track["content_hash"])
                 write_stem_file(path, stems, SAMPLE_RATE, meta={"separator": "import", "source": str(src)})
-                crate.set_stems(track["content_hash"], path, ("drums", "bass", "vocals", "other"), fmt="ate-stems",
+                crate.set_stems(track["content_hash"], path, STEM_NAMES, fmt="ate-stems",
                                 sample_rate=SAMPLE_RATE, frames=stems.shape[1], model="import")
                 print(f"{track['path']}: stems imported from {src}")
         except StemFileError as err:

@@ -97,6 +97,14 @@ _TP_HALF = 16          # half the taps per phase of the true-peak interpolator (
 _TP_OVER = 4           # true-peak oversampling factor
 
 
+@numba.njit(**_JIT)
+def _flush_denormals(state: np.ndarray) -> None:
+    """Zero filter states below :data:`_DENORMAL` (a decaying tail must not turn into slow subnormals)."""
+    for i in range(state.shape[0]):
+        if abs(state[i]) < _DENORMAL:
+            state[i] = 0.0
+
+
 def _check_block(block: np.ndarray, who: str) -> None:
     # The kernels do not check bounds: layout is checked here, once per block.
     if (not isinstance(block, np.ndarray) or block.dtype != np.float32 or block.ndim != 2 or block.shape[1] != 2
@@ -175,11 +183,7 @@ def eq_block(block, n_frames, coef, bq_state, gains, targets, smooth):
             high = _bq(_bq(rest, coef, _C_HP2, bq_state, ch, 7), coef, _C_HP2, bq_state, ch, 8)
             block[n, ch] = np.float32(g0 * low + g1 * mid + g2 * high)
     gains[0], gains[1], gains[2] = g0, g1, g2
-    for ch in range(2):
-        for i in range(bq_state.shape[1]):
-            for j in range(2):
-                if abs(bq_state[ch, i, j]) < _DENORMAL:
-                    bq_state[ch, i, j] = 0.0
+    _flush_denormals(bq_state.reshape(-1))
 
 
 class DjEq:
@@ -316,11 +320,7 @@ def filter_block(block, n_frames, svf_state, coefs, knob_state, target, sample_r
                 block[n, ch] = np.float32(x + wet * (y - x))
             # wet == 0 (knob exactly centred): the sample is left untouched, bit for bit
     knob_state[0] = k
-    for row in range(2):
-        for ch in range(2):
-            for j in range(2):
-                if abs(svf_state[row, ch, j]) < _DENORMAL:
-                    svf_state[row, ch, j] = 0.0
+    _flush_denormals(svf_state.reshape(-1))
 
 
 class DjFilter:

@@ -429,6 +429,11 @@ class Crate:
             params += (version,)
         return self._conn.execute(sql, params).fetchone() is not None
 
+    @property
+    def stems_dir(self) -> Path:
+        """Where prep keeps this crate's stem files: beside the database, in ``stems/``."""
+        return self.db_path.parent / "stems"
+
     def stem_models(self) -> dict[str, str]:
         """Content hash -> separator name (``"dsp"``, ``"demucs:htdemucs"``, ``"import"``) of tracks with stems."""
         rows = self._conn.execute("SELECT DISTINCT t.content_hash, s.model FROM stems s "

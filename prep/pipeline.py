@@ -42,9 +42,10 @@ from prep.analyze import ANALYSIS_VERSION, MIN_DURATION_S, analyze_audio
 from prep.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, content_hash, load_audio
 from prep.crate import Crate, default_db_path
 from prep.overview import POINTS_PER_SECOND
+from prep.runtime import environment, one_line
 from prep.separate import SeparatorChoice
-from prep.stems import (STEM_FILE_SUFFIX, STEM_NAMES, StemFileError, import_ni_stems, read_stem_file,
-                        write_stem_file)
+from prep.stems import (STEM_FILE_SUFFIX, STEM_NAMES, StemFileError, fit_stems, import_ni_stems,
+                        read_stem_file, write_stem_file)
 
 NI_STEMS_SUFFIX = ".stem.mp4"
 """Files with this ending carry their own stems (NI Stems); prep imports them instead of separating."""
@@ -288,11 +289,6 @@ def _init_worker(known: frozenset[str], separation: _Separation | None = None) -
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
 def _process(job: _Job) -> _Outcome:
     """Decode, hash and (unless known) analyse one file. Never raises for a bad file."""
     try:
@@ -300,7 +296,7 @@ def _process(job: _Job) -> _Outcome:
     except AudioError as err:
         return _Outcome(job, "failed", reason=err.reason)
     except Exception as err:  # noqa: BLE001 - one bad file must not stop the run
-        return _Outcome(job, "failed", reason=f"cannot decode ({_one_line(err)})")
+        return _Outcome(job, "failed", reason=f"cannot decode ({one_line(err)})")
     digest = content_hash(samples)
     tags = read_tags(job.path)
     duration_s = samples.shape[0] / SAMPLE_RATE
@@ -311,16 +307,16 @@ def _process(job: _Job) -> _Outcome:
         try:
             stems, stems_info = _imported_stems(job.path, samples, digest)
         except Exception as err:  # noqa: BLE001 - fall back to separating the master
-            warning = f"its NI stems could not be read ({_one_line(err)})"
+            warning = f"its NI stems could not be read ({one_line(err)})"
     if stems is None and _separation is not None and _separation.choice is not None:
         try:
             stems, stems_info = _stems_for(samples, digest)
         except Exception as err:  # noqa: BLE001 - the mix can still be analysed
-            warning = f"separation failed, analysed from the mix ({_one_line(err)})"
+            warning = f"separation failed, analysed from the mix ({one_line(err)})"
     try:
         result = analyze_audio(samples, path=job.rel, stems=stems)
     except Exception as err:  # noqa: BLE001
-        return _Outcome(job, "failed", content_hash=digest, reason=f"analysis failed ({_one_line(err)})")
+        return _Outcome(job, "failed", content_hash=digest, reason=f"analysis failed ({one_line(err)})")
     lanes = STEM_NAMES if stems is not None else ("mix",)
     overview = result.overview.tobytes() if result.overview is not None else None
     return _Outcome(job, "analysed", content_hash=digest, tags=tags, analysis=result.to_dict(),
@@ -335,14 +331,8 @@ def stem_file_path(stems_dir: str | Path, digest: str) -> Path:
 
 def _imported_stems(path: str, samples, digest: str):
     """The stems an NI Stems file carries (Traktor's format): no separation needed."""
-    _, stems, _ = import_ni_stems(path)
     frames = samples.shape[0]
-    if abs(stems.shape[1] - frames) > SAMPLE_RATE // 10:
-        raise StemFileError(path, f"stems last {stems.shape[1] / SAMPLE_RATE:.2f} s, the master "
-                                  f"{frames / SAMPLE_RATE:.2f} s")
-    fitted = np.zeros((stems.shape[0], frames, stems.shape[2]), dtype=np.float32)
-    n = min(frames, stems.shape[1])
-    fitted[:, :n] = stems[:, :n]
+    fitted = fit_stems(import_ni_stems(path)[1], frames, path)
     assert _separation is not None
     target = stem_file_path(_separation.stems_dir, digest)
     write_stem_file(target, fitted, SAMPLE_RATE, meta={"separator": "import", "source": path})
@@ -375,25 +365,6 @@ def _stems_for(samples, digest: str):
 
 
 # -- running jobs ---------------------------------------------------------------
-
-
-@contextmanager
-def _thread_limits(threads: int) -> Iterator[None]:
-    """Cap numeric libraries' threads in processes started inside this block.
-
-    Spawned workers read these at import; the main process's libraries are
-    already initialised, so changing its environment does not affect it.
-    """
-    saved = {name: os.environ.get(name) for name in THREAD_ENV_VARS}
-    os.environ.update({name: str(threads) for name in THREAD_ENV_VARS})
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 @contextmanager
@@ -524,7 +495,7 @@ class _Runner:
                         crashed.append(job)
                         continue
                     except Exception as err:  # noqa: BLE001 - e.g. an outcome that failed to pickle
-                        outcome = _Outcome(job, "failed", reason=f"worker error ({_one_line(err)})")
+                        outcome = _Outcome(job, "failed", reason=f"worker error ({one_line(err)})")
                     yield outcome
         except BaseException:
             # Ctrl-C, or the consumer stopped: stop the workers now.
@@ -694,9 +665,9 @@ def prep_crate(crate_dir: Path, db_path: str | Path | None = None, workers: int 
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     report = PrepReport(crate_dir=crate_dir, db_path=db, separator=separator.name if separator else "")
-    separation = _Separation(separator, str(db.parent / "stems"))
 
     with Crate(db, root=root) as crate:
+        separation = _Separation(separator, str(crate.stems_dir))
         if crate.get_meta("root") != str(root):
             crate.set_meta("root", str(root))
         known = crate.known_hashes(ANALYSIS_VERSION)
@@ -736,7 +707,10 @@ def prep_crate(crate_dir: Path, db_path: str | Path | None = None, workers: int 
         # One process per core already uses the machine; with fewer workers
         # than cores each may use the spare cores for its own threads.
         threads = max(1, (os.cpu_count() or 1) // pool_size)
-        limits = _thread_limits(threads) if pool_size > 1 else nullcontext()
+        # Caps the numeric libraries' thread pools in the spawned workers, which
+        # read these at import; this process's libraries are already set up.
+        limits = (environment({name: str(threads) for name in THREAD_ENV_VARS}) if pool_size > 1
+                  else nullcontext())
         outcomes = runner.run(jobs)
         try:
             with limits, bar:

@@ -51,7 +51,6 @@ import time
 import typing
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from prep.audio import SAMPLE_RATE
+from prep.runtime import environment, one_line
 from prep.stems import STEM_NAMES
 
 __all__ = [
@@ -181,7 +181,7 @@ def _read_bag(path: Path) -> dict[str, Any]:
     try:
         bag = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
-        raise SeparationError(f"{path}: cannot read the bag definition ({_one_line(err)})") from None
+        raise SeparationError(f"{path}: cannot read the bag definition ({one_line(err)})") from None
     models = bag.get("models") if isinstance(bag, dict) else None
     if not isinstance(models, list) or not models or not all(isinstance(s, str) for s in models):
         raise SeparationError(f"{path}: not a demucs bag definition (needs 'models: [SIG, ...]')")
@@ -510,27 +510,6 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@contextmanager
-def _offline():
-    """Belt and braces: no hub library may reach the network while a model loads."""
-    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    saved = {k: os.environ.get(k) for k in names}
-    os.environ.update({k: "1" for k in names})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
 def _sha256(path: Path) -> str:
     sha = hashlib.sha256()
     with open(path, "rb") as f:
@@ -571,14 +550,15 @@ def _load_one(path: Path, url: str | None):
     except SystemExit:  # demucs.states calls sys.exit when a quantised model needs diffq
         raise SeparationError(f"{path}: a quantised model: it needs the diffq package (pip install diffq)") from None
     except Exception as err:  # noqa: BLE001 - torch.load fails in many ways on a bad file
-        raise SeparationError(f"{path}: not a readable demucs model ({_one_line(err)}){again}") from None
+        raise SeparationError(f"{path}: not a readable demucs model ({one_line(err)}){again}") from None
 
 
 def _load_bag(source: ModelSource):
     from demucs.apply import BagOfModels
 
     urls = _remote_files()
-    with _offline():
+    # Belt and braces: no hub library may reach the network while a model loads.
+    with environment({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}):
         models = [_load_one(path, urls.get(sig)) for sig, path in zip(source.signatures, source.files)]
     try:
         bag = BagOfModels(models, source.weights, source.segment)
@@ -649,7 +629,7 @@ class DemucsSeparator:
         try:
             dev = torch.device(self.device)
         except (RuntimeError, TypeError) as err:
-            raise SeparationError(f"{model}: bad device {self.device!r} ({_one_line(err)})") from None
+            raise SeparationError(f"{model}: bad device {self.device!r} ({one_line(err)})") from None
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise SeparationError(f"{model}: device {self.device!r} asked for, but torch sees no CUDA device")
         if dev.type == "mps" and not torch.backends.mps.is_available():

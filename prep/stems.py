@@ -75,7 +75,7 @@ from numba import njit
 from prep.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, load_audio, to_stereo, write_audio
 
 __all__ = [
-    "STEM_NAMES", "STEM_FILE_SUFFIX", "FORMAT_VERSION", "NI_STEM_ORDER", "NI_STEM_COLORS", "StemFileError",
+    "STEM_NAMES", "STEM_FILE_SUFFIX", "FORMAT_VERSION", "NI_STEM_ORDER", "NI_STEM_COLORS", "StemFileError", "fit_stems",
     "quantize_stems", "write_stem_file", "read_stem_file", "read_stem_file_int16", "read_stem_header",
     "export_ni_stems", "import_ni_stems", "read_ni_manifest", "import_stem_folder", "export_stem_folder",
 ]
@@ -255,6 +255,15 @@ def _fixed_residual(v, order, e):
 
 
 @njit(nogil=True, cache=True)
+def _segment_planes(payload, pos, nb, m):
+    """Views of one segment of a stem payload: ``nb`` block parameter bytes, then
+    the low and high byte planes of both channels' residuals, ``m`` bytes each
+    (encoder and decoder share this one definition of the layout)."""
+    return (payload[pos:pos + nb], payload[pos + nb:pos + nb + m], payload[pos + nb + m:pos + nb + 2 * m],
+            payload[pos + nb + 2 * m:pos + nb + 3 * m], payload[pos + nb + 3 * m:pos + nb + 4 * m])
+
+
+@njit(nogil=True, cache=True)
 def _encode_stem(x, block_frames, segment_frames, payload):
     """int16 ``(n, 2)`` -> payload, one segment after another.
 
@@ -272,11 +281,7 @@ def _encode_stem(x, block_frames, segment_frames, payload):
     for s0 in range(0, n, segment_frames):
         m = min(segment_frames, n - s0)
         nb = (m + block_frames - 1) // block_frames
-        params = payload[pos:pos + nb]
-        lo0 = payload[pos + nb:pos + nb + m]
-        lo1 = payload[pos + nb + m:pos + nb + 2 * m]
-        hi0 = payload[pos + nb + 2 * m:pos + nb + 3 * m]
-        hi1 = payload[pos + nb + 3 * m:pos + nb + 4 * m]
+        params, lo0, lo1, hi0, hi1 = _segment_planes(payload, pos, nb, m)
         pos += nb + 4 * m
         for b in range(nb):
             i0 = s0 + b * block_frames
@@ -388,11 +393,7 @@ def _decode_segments(payload, n, block_frames, segment_frames, state, out_i16, o
     for s0 in range(0, n, segment_frames):
         m = min(segment_frames, n - s0)
         nb = (m + block_frames - 1) // block_frames
-        params = payload[pos:pos + nb]
-        lo0 = payload[pos + nb:pos + nb + m]
-        lo1 = payload[pos + nb + m:pos + nb + 2 * m]
-        hi0 = payload[pos + nb + 2 * m:pos + nb + 3 * m]
-        hi1 = payload[pos + nb + 3 * m:pos + nb + 4 * m]
+        params, lo0, lo1, hi0, hi1 = _segment_planes(payload, pos, nb, m)
         pos += nb + 4 * m
         for b in range(nb):
             j0 = b * block_frames
@@ -1237,6 +1238,24 @@ def import_stem_folder(folder: str | Path, max_length_mismatch_s: float = 0.1) -
     for k, a in enumerate(audio):
         out[k, :a.shape[0]] = a
     return out
+
+
+def fit_stems(stems: np.ndarray, frames: int, source: str | Path, max_mismatch_s: float = 0.1) -> np.ndarray:
+    """Imported stems padded with silence or trimmed to the track's ``frames``.
+
+    Raises
+    ------
+    StemFileError
+        Naming ``source``, when the lengths differ by more than ``max_mismatch_s`` seconds
+        (the stems belong to another edit of the track).
+    """
+    if abs(stems.shape[1] - frames) > max_mismatch_s * SAMPLE_RATE:
+        raise StemFileError(source, f"stems last {stems.shape[1] / SAMPLE_RATE:.2f} s, the track "
+                                    f"{frames / SAMPLE_RATE:.2f} s")
+    fitted = np.zeros((stems.shape[0], frames, stems.shape[2]), dtype=np.float32)
+    n = min(frames, stems.shape[1])
+    fitted[:, :n] = stems[:, :n]
+    return fitted
 
 
 def export_stem_folder(folder: str | Path, stems: np.ndarray | Mapping[str, np.ndarray],
