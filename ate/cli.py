@@ -258,6 +258,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_render(args: argparse.Namespace) -> int:
+    from engine.script import (ScriptError, check_output_path, default_script_path, load_script, render_script,
+                               write_render)
+
+    try:
+        check_output_path(args.output)
+        script = load_script(args.script or default_script_path())
+        if args.block_frames is not None:
+            if not 1 <= args.block_frames <= 8192:
+                raise ScriptError(f"--block-frames must be 1..8192, got {args.block_frames}")
+            script.block_frames = args.block_frames
+        if args.seconds is not None and not args.seconds > 0:
+            raise ScriptError(f"--seconds must be > 0, got {args.seconds}")
+        if args.json:  # keep stdout pure JSON
+            audio, summary = render_script(script, seconds=args.seconds)
+        else:
+            with _progress_bar(f"render {Path(script.path).name}") as progress:
+                audio, summary = render_script(script, progress=progress, seconds=args.seconds)
+        write_render(audio, args.output, sample_rate=script.sample_rate)
+    except ScriptError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    summary["output"] = str(args.output)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{args.output}: {summary['seconds']:.1f} s, {summary['channels']} ch, rendered "
+              f"{summary['realtime_factor']:.1f}x realtime; peak {summary['peak_dbfs']:.1f} dBFS, true peak "
+              f"{summary['true_peak_dbtp']:.1f} dBTP, {summary['integrated_lufs']:.1f} LUFS, limiter reduction "
+              f"{summary['limiter_max_reduction_db']:.1f} dB max; {summary['commands_applied']}/"
+              f"{summary['commands']} commands applied")
+    return EXIT_OK
+
+
 def _add_separation_options(p: argparse.ArgumentParser, allow_none: bool, default: str = "auto") -> None:
     choices = ["auto", "demucs", "dsp"] + (["none"] if allow_none else [])
     g = p.add_argument_group("separation")
@@ -345,6 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="compact JSON on one line")
     p.add_argument("--quick", action="store_true", help="a smaller set, for a fast check")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("render", help="render a timed command script to an audio file (offline, faster than live)")
+    p.add_argument("script", nargs="?", default=None, metavar="SCRIPT",
+                   help=".toml or .json command script (default: the built-in demo mix; see docs/scripts.md)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="OUT.wav (float32) or OUT.flac (24 bit)")
+    p.add_argument("--block-frames", type=int, default=None, metavar="N",
+                   help="frames per engine block (default: the script's, 256)")
+    p.add_argument("--seconds", type=float, default=None, metavar="S", help="render length (default: the script's)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object (no progress bar)")
+    p.set_defaults(func=_cmd_render)
     return parser
 
 

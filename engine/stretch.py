@@ -1198,14 +1198,18 @@ class Stretcher:
             a += 0
         self.reset(0.0)
 
-    def reset(self, position_frames: float) -> None:
+    def reset(self, position_frames: float, crossfade: bool = True) -> None:
         """Restart at ``position_frames`` (a seek or a loop jump) on the next :meth:`process`.
 
         That block starts with ``position_frames`` audible, crossfaded (2.9 ms,
-        raised cosine) from where the deck was, so jumps do not click.
+        raised cosine) from where the deck was, so jumps do not click. With
+        ``crossfade=False`` it starts from silence (a stopped deck starting
+        again: the engine fades it in).
         """
         self._f[_F_RESET_POS] = float(position_frames)
         self._i[_I_RESET] = 1
+        if not crossfade:
+            self._i[_I_MODE] = -1
 
     @property
     def position_frames(self) -> float:

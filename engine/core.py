@@ -1,0 +1,639 @@
+"""The engine: decks, mixer, sync clock, command schedule and automation.
+
+:class:`Engine` is the one clock of ATE. :meth:`Engine.process` is called by
+whatever consumes audio (the sounddevice callback of :mod:`engine.output`,
+or :meth:`Engine.render` for files) and is the only code that touches the
+decks; every other thread calls :meth:`Engine.send`, which validates a
+command (:mod:`engine.commands`), does the slow part (loading a track) in the
+caller's thread and appends the result to a queue that the audio thread drains
+at the start of each block. Tracks that a load replaces are handed back
+through a second queue and freed by :meth:`Engine.collect_garbage`, never in
+the audio thread.
+
+Time
+----
+``clock_frames`` counts output frames since the engine started. A command is
+applied at the next block boundary, or at the frame (``{"frame": N}``,
+``{"seconds": T}``) or master beat (``{"beat": B}``) it names: the block is
+split there, so the command acts on that exact sample. Automation is a linear
+ramp of a parameter from the value it has when the ramp starts; ramp ends
+split blocks too, and gains ramp per sample, so a gain automation is exactly
+piecewise linear whatever the block size. Gain changes without a ramp take
+:data:`engine.deck.FADE_FRAMES` (2.9 ms) so that they never click. Play and
+pause fade over the same length.
+
+Sync
+----
+The engine keeps a master beat clock, ``master_beat`` (a float, growing by
+``beats_per_frame`` every output frame). The *leader* is either a playing
+synced deck, whose beat (from its grid) minus its offset *is* the master beat,
+or the internal clock at ``master_bpm`` (when no deck leads; it carries on at
+the last leader's tempo). Every synced deck has ``sync_offset_beats``, fixed
+when it joins (a whole number, so it lands in phase) and moved only by its own
+jumps; a follower's target position is its grid position of
+``master_beat + offset``. Each block, the follower's ratio is its nominal
+ratio (its beat length times the master tempo) plus a correction of the
+position error over :data:`SYNC_RESPONSE_S`, clamped to
+:data:`SYNC_MAX_CORRECTION`. The error is measured from the stretcher's
+audible position, so nothing accumulates: drift is zero by construction, the
+residual error is bounded by the control loop. A follower's pitch fader is
+ignored while synced; nudging a follower moves its offset.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import itertools
+import math
+import threading
+
+import numba
+import numpy as np
+
+from engine.commands import GLOBAL_PARAMS, PITCH_RANGES, Command, CommandError, parse_command
+from engine.deck import FADE_FRAMES, STEM_INDEX, Deck
+from engine.dsp import Limiter, crossfader_gains, db_to_gain, gain_ramp_block
+from engine.track import DeckTrack, TrackLoadError, load_track
+
+__all__ = ["Engine", "SYNC_RESPONSE_S", "SYNC_MAX_CORRECTION"]
+
+_JIT = dict(nogil=True, cache=True)
+
+SYNC_RESPONSE_S = 0.25
+"""Time constant of a follower's phase correction, seconds (well above the keylock's 35 ms ratio delay)."""
+SYNC_MAX_CORRECTION = 0.03
+"""Largest phase-correcting rate change of a synced deck, as a fraction of its nominal ratio."""
+_GAIN_PARAMS = {"volume", "gain_db", "crossfader", "master_gain_db", "cue_mix", "headphone_gain_db"}
+
+
+@numba.njit(**_JIT)
+def add_faded(dst, src, n_frames, start_gain, end_gain):
+    """``dst[:n] += src[:n] * g`` with ``g`` ramping linearly to ``end_gain`` (reached on the last frame);
+    returns the peak of what was added."""
+    peak = 0.0
+    if start_gain == 0.0 and end_gain == 0.0:
+        return peak
+    step = (end_gain - start_gain) / n_frames
+    for i in range(n_frames):
+        g = start_gain + step * (i + 1)
+        for c in range(dst.shape[1]):
+            v = src[i, c] * g
+            dst[i, c] += v
+            if abs(v) > peak:
+                peak = abs(v)
+    return peak
+
+
+@numba.njit(**_JIT)
+def block_peak(block, n_frames):
+    """Largest absolute sample of ``block[:n_frames]``."""
+    peak = 0.0
+    for i in range(n_frames):
+        for c in range(block.shape[1]):
+            if abs(block[i, c]) > peak:
+                peak = abs(block[i, c])
+    return peak
+
+
+class Engine:
+    """Four decks (configurable), a mixer with crossfader, master limiter and cue bus.
+
+    Parameters
+    ----------
+    n_decks : int
+        Number of decks.
+    sample_rate : int
+        Output sample rate, Hz (tracks are prepared at 44100).
+    channels : int
+        2 (master) or 4 (master on 1-2, headphone cue on 3-4).
+    max_block_frames : int
+        Largest block processed at once; :meth:`process` splits longer requests.
+    loader : callable, optional
+        ``loader(track, crate) -> DeckTrack`` for ``load`` commands (default:
+        :func:`engine.track.load_track`).
+
+    Attributes
+    ----------
+    clock_frames : int
+        Output frames rendered since the start.
+    master_beat : float
+        The sync clock's beat count at ``clock_frames``.
+    decks : list of Deck
+        Owned by the audio thread; read them only for display.
+    """
+
+    def __init__(self, n_decks: int = 4, sample_rate: int = 44100, channels: int = 2, max_block_frames: int = 1024,
+                 loader=None):
+        if channels not in (2, 4):
+            raise ValueError(f"engine: channels must be 2 or 4, got {channels}")
+        self.n_decks = int(n_decks)
+        self.sample_rate = int(sample_rate)
+        self.channels = int(channels)
+        self.max_block_frames = int(max_block_frames)
+        self.decks = [Deck(i, sample_rate, max_block_frames) for i in range(self.n_decks)]
+        self.limiter = Limiter(sample_rate)
+        self.cue_limiter = Limiter(sample_rate)
+        self.params = {name: spec[2] for name, spec in GLOBAL_PARAMS.items()}
+        self.crossfader_curve = "power"
+        self.quantize = True
+        self.clock_frames = 0
+        self.master_beat = 0.0
+        self.beats_per_frame = self.params["master_bpm"] / 60.0 / sample_rate
+        self.leader = -1
+        self.meters = np.zeros(self.n_decks + 2)       # post-fader deck peaks, master, headphones
+        self._mix = np.zeros((max_block_frames, 2), np.float32)
+        self._cue = np.zeros((max_block_frames, 2), np.float32)
+        self._out = np.zeros((max_block_frames, self.channels), np.float32)
+        self._fader_applied = np.zeros(self.n_decks)
+        self._master_applied = 1.0
+        self._hp_applied = (0.0, 1.0)
+        self._queue: collections.deque = collections.deque()
+        self._garbage: collections.deque = collections.deque()
+        self._frame_events: list = []      # (frame, seq, Command), sorted
+        self._beat_events: list = []       # (beat, seq, Command), sorted
+        self._ramps: dict = {}             # (deck, param) -> [start_frame, end_frame, start_value, end_value]
+        self._seq = itertools.count()
+        self._loader = loader or load_track
+        self._load_lock = threading.Lock()
+        self._handlers = {name[5:]: getattr(self, name) for name in dir(self) if name.startswith("_cmd_")}
+        self.commands_applied = 0
+
+    # ================================================================== control side (any thread)
+
+    def send(self, message: dict) -> dict:
+        """Validate and queue one command; returns the reply (``{"ok": true}`` or ``{"ok": false, "error"}``).
+
+        ``load`` reads the track here, in the caller's thread, before queueing.
+        """
+        try:
+            cmd = parse_command(message, self.n_decks, self.sample_rate)
+        except CommandError as err:
+            return _reply(message, False, str(err))
+        if cmd.name == "load":
+            try:
+                with self._load_lock:
+                    track = self._loader(cmd.args["track"], cmd.args.get("crate"))
+            except TrackLoadError as err:
+                return _reply(message, False, str(err))
+            cmd = Command(cmd.name, cmd.deck, {"track": track}, cmd.at_kind, cmd.at_value)
+            self._queue.append(cmd)
+            self.collect_garbage()
+            return _reply(message, True, track=track.summary())
+        self._queue.append(cmd)
+        return _reply(message, True)
+
+    def load(self, deck: int, track: DeckTrack, at: dict | None = None) -> None:
+        """Put an already loaded track on ``deck`` (in-process API: tests, automix)."""
+        if not 0 <= deck < self.n_decks:
+            raise CommandError(f"load: deck must be 0..{self.n_decks - 1}, got {deck}")
+        probe = parse_command({"cmd": "eject", "deck": deck, "at": at}, self.n_decks, self.sample_rate)
+        self._queue.append(Command("load", deck, {"track": track}, probe.at_kind, probe.at_value))
+        self.collect_garbage()
+
+    def collect_garbage(self) -> int:
+        """Free tracks that loads replaced (outside the audio thread); returns how many."""
+        n = 0
+        while self._garbage:
+            self._garbage.popleft()
+            n += 1
+        return n
+
+    def state(self) -> dict:
+        """A JSON-ready snapshot for display (read while the audio thread runs: may be torn)."""
+        return {"clock_frames": self.clock_frames, "seconds": self.clock_frames / self.sample_rate,
+                "master_beat": self.master_beat, "master_bpm": self.beats_per_frame * 60.0 * self.sample_rate,
+                "leader": self.leader, "quantize": self.quantize, "crossfader_curve": self.crossfader_curve,
+                "params": dict(self.params), "limiter_gain_db": -20.0 * math.log10(max(self.limiter.gain, 1e-9)),
+                "meters": [float(m) for m in self.meters], "decks": [d.summary() for d in self.decks]}
+
+    # ================================================================== audio side
+
+    def render(self, n_frames: int, block_frames: int = 256) -> np.ndarray:
+        """Render ``n_frames`` offline in blocks of ``block_frames``; returns float32 ``(n_frames, channels)``.
+
+        The same code as live playback: with the same commands and block size,
+        the samples are identical.
+        """
+        out = np.zeros((n_frames, self.channels), np.float32)
+        for start in range(0, n_frames, block_frames):
+            self.process(out[start:start + block_frames])
+            if self._garbage:
+                self.collect_garbage()
+        return out
+
+    def process(self, out: np.ndarray) -> None:
+        """Fill ``out`` (float32 ``(frames, channels)``) with the next frames. The audio thread's entry point."""
+        n_total = out.shape[0]
+        done = 0
+        while done < n_total:
+            n = min(self.max_block_frames, n_total - done)
+            self._block(n)
+            out[done:done + n] = self._out[:n]
+            done += n
+
+    def _block(self, n: int) -> None:
+        queue = self._queue
+        while queue:
+            cmd = queue.popleft()
+            if cmd.at_kind == "beat":
+                bisect.insort(self._beat_events, (cmd.at_value, next(self._seq), cmd))
+            else:
+                frame = math.ceil(cmd.at_value) if cmd.at_kind == "frame" else 0
+                bisect.insort(self._frame_events, (frame, next(self._seq), cmd))
+        t = 0
+        while True:
+            now = self.clock_frames
+            while self._frame_events and self._frame_events[0][0] <= now:
+                self._apply(self._frame_events.pop(0)[2])
+            while self._beat_events and self._beat_frame(self._beat_events[0][0]) <= now:
+                self._apply(self._beat_events.pop(0)[2])
+            if t >= n:
+                break
+            end = now + (n - t)
+            if self._frame_events:
+                end = min(end, self._frame_events[0][0])
+            if self._beat_events:
+                end = min(end, self._beat_frame(self._beat_events[0][0]))
+            for ramp in self._ramps.values():
+                if now < ramp[1] < end:
+                    end = int(math.ceil(ramp[1]))
+            k = max(1, end - now)
+            self._render(t, k)
+            t += k
+
+    def _beat_frame(self, beat: float) -> int:
+        """Output frame at which the master clock reaches ``beat``, at the current tempo."""
+        if beat <= self.master_beat:
+            return self.clock_frames
+        return self.clock_frames + int(math.ceil((beat - self.master_beat) / self.beats_per_frame - 1e-7))
+
+    def _advance_ramps(self, frame: int) -> None:
+        finished = None
+        for key, (t0, t1, v0, v1) in self._ramps.items():
+            value = v1 if frame >= t1 else v0 + (v1 - v0) * (frame - t0) / (t1 - t0)
+            self._param_store(key)[key[1]] = value
+            if frame >= t1:
+                finished = finished or []
+                finished.append(key)
+        if finished:
+            for key in finished:
+                del self._ramps[key]
+                if key[1] == "play_gain":
+                    self._fade_done(self.decks[key[0]])
+
+    def _param_store(self, key: tuple) -> dict:
+        return self.params if key[0] < 0 else self.decks[key[0]].params
+
+    def _ramp(self, deck: int, param: str, value: float, frames: float) -> None:
+        store = self.params if deck < 0 else self.decks[deck].params
+        if frames <= 0:
+            self._ramps.pop((deck, param), None)
+            store[param] = value
+            return
+        start = self.clock_frames
+        self._ramps[(deck, param)] = [start, start + frames, store[param], value]
+
+    def _render(self, offset: int, k: int) -> None:
+        self._advance_ramps(self.clock_frames + k)
+        decks = self.decks
+        leader = self.leader
+        if leader >= 0:
+            deck = decks[leader]
+            beat0 = deck.beat() - deck.sync_offset_beats
+            deck.render(k, deck.tempo_ratio())
+            if deck.loaded:
+                beat1 = deck.beat() - deck.sync_offset_beats
+                self.beats_per_frame = max((beat1 - beat0) / k, 1e-9)
+                self.params["master_bpm"] = self.beats_per_frame * 60.0 * self.sample_rate
+            if not deck.playing:
+                self.leader = -1
+        else:
+            self.beats_per_frame = self.params["master_bpm"] / 60.0 / self.sample_rate
+        for deck in decks:
+            if deck.index == leader:
+                continue
+            ratio = deck.tempo_ratio()
+            if deck.synced and deck.playing and deck.loaded:
+                ratio = self._follow(deck, k)
+            deck.render(k, ratio)
+        mix = self._mix
+        cue = self._cue
+        mix[:k] = 0.0
+        cue[:k] = 0.0
+        xf_left, xf_right = crossfader_gains(self.params["crossfader"], self.crossfader_curve)
+        for deck in decks:
+            side = 1.0 if deck.side == "thru" else (xf_left if deck.side == "A" else xf_right)
+            gain = deck.params["volume"] * side
+            i = deck.index
+            self.meters[i] = add_faded(mix, deck.block, k, self._fader_applied[i], gain)
+            self._fader_applied[i] = gain
+            if deck.pfl:
+                add_faded(cue, deck.block, k, 1.0, 1.0)
+        master = db_to_gain(self.params["master_gain_db"])
+        gain_ramp_block(mix, k, self._master_applied, master)
+        self._master_applied = master
+        out = self._out
+        if self.channels == 4:
+            # Headphones: cue bus blended with the master (before the master limiter), own limiter.
+            blend = self.params["cue_mix"]
+            hp = db_to_gain(self.params["headphone_gain_db"])
+            (b0, h0) = self._hp_applied
+            gain_ramp_block(cue, k, (1.0 - b0) * h0, (1.0 - blend) * hp)
+            add_faded(cue, mix, k, b0 * h0, blend * hp)
+            self._hp_applied = (blend, hp)
+            self.cue_limiter.process(cue[:k])
+            out[offset:offset + k, 2:4] = cue[:k]
+            self.meters[self.n_decks + 1] = block_peak(cue, k)
+        self.limiter.process(mix[:k])
+        out[offset:offset + k, 0:2] = mix[:k]
+        self.meters[self.n_decks] = block_peak(mix, k)
+        self.master_beat += k * self.beats_per_frame
+        self.clock_frames += k
+
+    def _follow(self, deck: Deck, k: int) -> float:
+        """Ratio that keeps a synced follower on its target position (see the module docstring)."""
+        if deck.nudge:
+            deck.sync_offset_beats += deck.nudge * k * self.beats_per_frame
+        nominal = deck.frames_per_beat() * self.beats_per_frame
+        target = deck.position_of_beat(self.master_beat + deck.sync_offset_beats)
+        error = target - deck.position_frames
+        limit = SYNC_MAX_CORRECTION * nominal
+        correction = min(max(error / (SYNC_RESPONSE_S * self.sample_rate), -limit), limit)
+        return nominal + correction
+
+    # ================================================================== commands (audio thread)
+
+    def _apply(self, cmd: Command) -> None:
+        self.commands_applied += 1
+        self._handlers[cmd.name](cmd, self.decks[cmd.deck] if cmd.deck >= 0 else None)
+
+    def _ramp_frames(self, cmd: Command) -> float:
+        if cmd.ramp_kind == "beats":
+            return cmd.ramp_value / self.beats_per_frame
+        return cmd.ramp_value
+
+    def _cmd_load(self, cmd: Command, deck: Deck) -> None:
+        if self.leader == deck.index:
+            self.leader = -1
+        self._ramps = {key: r for key, r in self._ramps.items() if key[0] != deck.index}
+        old = deck.attach(cmd.args["track"])
+        if old is not None:
+            self._garbage.append(old)
+
+    def _cmd_eject(self, cmd: Command, deck: Deck) -> None:
+        self._cmd_load(Command("load", deck.index, {"track": None}), deck)
+
+    def _start(self, deck: Deck) -> None:
+        if not deck.loaded or deck.ended:
+            return
+        if deck.playing and not deck.stopping:
+            return
+        if not deck.playing:
+            if deck.synced:
+                self._join_sync(deck, align=self.quantize)
+            deck.playing = True
+            deck.needs_restart = True
+        deck.stopping = False
+        self._ramp(deck.index, "play_gain", 1.0, FADE_FRAMES)
+
+    def _stop(self, deck: Deck) -> None:
+        if deck.playing and not deck.stopping:
+            deck.stopping = True
+            self._ramp(deck.index, "play_gain", 0.0, FADE_FRAMES)
+        deck.previewing = False
+
+    def _fade_done(self, deck: Deck) -> None:
+        if deck.stopping and deck.params["play_gain"] == 0.0:
+            deck.stopping = False
+            deck.playing = False
+            deck.needs_restart = True
+            if self.leader == deck.index:
+                self.leader = -1
+            if deck.pending_jump is not None:
+                target, deck.pending_jump = deck.pending_jump, None
+                deck.position_frames = target
+
+    def _join_sync(self, deck: Deck, align: bool) -> None:
+        """Give a deck its offset to the master clock; it leads if no playing deck does."""
+        beat = deck.beat()
+        if self.leader < 0 or not self.decks[self.leader].playing:
+            self.leader = deck.index
+            deck.sync_offset_beats = beat - self.master_beat
+            return
+        offset = round(beat - self.master_beat)
+        deck.sync_offset_beats = offset
+        if align and not deck.playing:
+            deck.position_frames = deck.position_of_beat(self.master_beat + offset)
+
+    def _cmd_play(self, cmd: Command, deck: Deck) -> None:
+        deck.previewing = False
+        self._start(deck)
+
+    def _cmd_pause(self, cmd: Command, deck: Deck) -> None:
+        self._stop(deck)
+
+    def _cmd_play_pause(self, cmd: Command, deck: Deck) -> None:
+        if deck.playing and not deck.stopping:
+            self._stop(deck)
+        else:
+            self._cmd_play(cmd, deck)
+
+    def _cmd_cue_press(self, cmd: Command, deck: Deck) -> None:
+        # CDJ cue: playing -> back to the cue point and stop; stopped at the cue point -> preview while
+        # held; stopped elsewhere -> the cue point moves here.
+        if not deck.loaded:
+            return
+        if deck.playing and not deck.stopping:
+            self._stop(deck)
+            deck.pending_jump = deck.cue_frames
+            return
+        if abs(deck.position_frames - deck.cue_frames) < 1.0:
+            self._start(deck)
+            deck.previewing = deck.playing
+            return
+        self._cmd_cue_set(cmd, deck)
+
+    def _cmd_cue_release(self, cmd: Command, deck: Deck) -> None:
+        if deck.previewing:
+            self._stop(deck)
+            deck.pending_jump = deck.cue_frames
+
+    def _cmd_cue_set(self, cmd: Command, deck: Deck) -> None:
+        if not deck.loaded:
+            return
+        pos = deck.position_frames
+        if self.quantize:
+            pos = deck.position_of_beat(round(deck.beat()))
+        deck.cue_frames = pos
+        deck.jump(pos)
+
+    def _jump(self, deck: Deck, target: float, keep_phase: bool) -> None:
+        """Move a deck's playhead; a follower's offset is rounded so that the sync re-locks its phase."""
+        if not deck.loaded:
+            return
+        deck.jump(target, quantize=keep_phase and self.quantize)
+        if deck.synced and self.leader != deck.index:
+            deck.sync_offset_beats = round(deck.sync_offset_beats)
+
+    def _cmd_seek(self, cmd: Command, deck: Deck) -> None:
+        if not deck.loaded:
+            return
+        a = cmd.args
+        if "beat" in a:
+            target = deck.position_of_beat(a["beat"])
+        elif "seconds" in a:
+            target = a["seconds"] * self.sample_rate
+        else:
+            target = a["frame"]
+        self._jump(deck, min(max(target, 0.0), float(deck.track.frames)), keep_phase=False)
+
+    def _cmd_hotcue(self, cmd: Command, deck: Deck) -> None:
+        if not deck.loaded:
+            return
+        cue = deck.hot_cues[cmd.args["n"] - 1]
+        if math.isnan(cue):
+            self._cmd_hotcue_set(cmd, deck)
+        else:
+            self._jump(deck, cue, keep_phase=True)
+
+    def _cmd_hotcue_set(self, cmd: Command, deck: Deck) -> None:
+        if deck.loaded:
+            pos = deck.position_frames
+            deck.hot_cues[cmd.args["n"] - 1] = deck.position_of_beat(round(deck.beat())) if self.quantize else pos
+
+    def _cmd_hotcue_clear(self, cmd: Command, deck: Deck) -> None:
+        deck.hot_cues[cmd.args["n"] - 1] = math.nan
+
+    def _set_loop(self, deck: Deck, beats: float) -> None:
+        now = deck.beat()
+        if self.quantize:
+            start = math.floor(now / beats + 1e-9) * beats if beats < 1.0 else math.floor(now + 1e-9)
+        else:
+            start = now
+        deck.loop_start = deck.position_of_beat(start)
+        deck.loop_end = deck.position_of_beat(start + beats)
+        deck.loop_beats = beats
+        deck.loop_on = True
+
+    def _cmd_loop(self, cmd: Command, deck: Deck) -> None:
+        if deck.loaded:
+            self._set_loop(deck, cmd.args["beats"])
+
+    def _cmd_loop_exit(self, cmd: Command, deck: Deck) -> None:
+        deck.loop_on = False
+
+    def _cmd_reloop(self, cmd: Command, deck: Deck) -> None:
+        if not deck.loaded or deck.loop_end <= deck.loop_start:
+            return
+        deck.loop_on = not deck.loop_on
+        if deck.loop_on and deck.position_frames >= deck.loop_end:
+            self._jump(deck, deck.loop_start, keep_phase=True)
+
+    def _cmd_loop_roll(self, cmd: Command, deck: Deck) -> None:
+        if not deck.loaded:
+            return
+        if not deck.rolling:
+            deck.slip_position = deck.position_frames
+            deck.rolling = True
+        self._set_loop(deck, cmd.args["beats"])
+
+    def _cmd_loop_roll_release(self, cmd: Command, deck: Deck) -> None:
+        if deck.rolling:
+            deck.rolling = False
+            deck.loop_on = False
+            deck.jump(deck.slip_position)
+
+    def _cmd_beat_jump(self, cmd: Command, deck: Deck) -> None:
+        if not deck.loaded:
+            return
+        n = cmd.args["beats"]
+        if deck.loop_on:
+            deck.loop_start = deck.position_of_beat(deck.beat(deck.loop_start) + n)
+            deck.loop_end = deck.position_of_beat(deck.beat(deck.loop_end) + n)
+        deck.jump(deck.position_of_beat(deck.beat() + n))
+
+    def _cmd_nudge(self, cmd: Command, deck: Deck) -> None:
+        deck.nudge = cmd.args["amount"]
+
+    def _cmd_pitch_range(self, cmd: Command, deck: Deck) -> None:
+        deck.pitch_range = cmd.args["range"]
+        r = deck.pitch_range
+        deck.params["pitch"] = min(max(deck.params["pitch"], -r), r)
+
+    def _cmd_keylock(self, cmd: Command, deck: Deck) -> None:
+        deck.keylock = cmd.args["on"]
+
+    def _cmd_sync(self, cmd: Command, deck: Deck) -> None:
+        on = cmd.args["on"]
+        if on == deck.synced:
+            return
+        if on:
+            deck.synced = True
+            if deck.playing and deck.loaded:
+                self._join_sync(deck, align=False)
+            return
+        deck.synced = False
+        if self.leader == deck.index:
+            self.leader = -1
+        elif deck.playing:
+            # Keep the tempo it had: the pitch fader takes over the synced ratio.
+            r = max(PITCH_RANGES)
+            deck.params["pitch"] = min(max(deck.ratio - 1.0, -r), r)
+
+    def _cmd_leader(self, cmd: Command, deck: Deck) -> None:
+        if deck.synced and deck.playing and deck.loaded:
+            self.leader = deck.index
+            deck.sync_offset_beats = deck.beat() - self.master_beat
+
+    def _switches(self, deck: Deck) -> None:
+        any_solo = any(deck.soloed)
+        for name, s in STEM_INDEX.items():
+            on = not deck.muted[s] and (deck.soloed[s] or not any_solo)
+            self._ramp(deck.index, "switch." + name, 1.0 if on else 0.0, FADE_FRAMES)
+
+    def _cmd_mute(self, cmd: Command, deck: Deck) -> None:
+        deck.muted[STEM_INDEX[cmd.args["stem"]]] = cmd.args["on"]
+        self._switches(deck)
+
+    def _cmd_solo(self, cmd: Command, deck: Deck) -> None:
+        deck.soloed[STEM_INDEX[cmd.args["stem"]]] = cmd.args["on"]
+        self._switches(deck)
+
+    def _cmd_pfl(self, cmd: Command, deck: Deck) -> None:
+        deck.pfl = cmd.args["on"]
+
+    def _cmd_xfader_side(self, cmd: Command, deck: Deck) -> None:
+        deck.side = cmd.args["side"]
+
+    def _cmd_set(self, cmd: Command, deck: Deck | None) -> None:
+        param = cmd.args["param"]
+        value = cmd.args["value"]
+        frames = self._ramp_frames(cmd)
+        if deck is not None and param == "pitch":
+            value = min(max(value, -deck.pitch_range), deck.pitch_range)
+        if param in _GAIN_PARAMS or param.startswith("stem."):
+            frames = max(frames, FADE_FRAMES)
+        self._ramp(cmd.deck, param, value, frames)
+
+    def _cmd_bass_swap(self, cmd: Command, deck: None) -> None:
+        frames = max(self._ramp_frames(cmd), FADE_FRAMES)
+        self._ramp(cmd.args["from_deck"], "stem.bass", 0.0, frames)
+        self._ramp(cmd.args["to_deck"], "stem.bass", 1.0, frames)
+
+    def _cmd_crossfader_curve(self, cmd: Command, deck: None) -> None:
+        self.crossfader_curve = cmd.args["curve"]
+
+    def _cmd_quantize(self, cmd: Command, deck: None) -> None:
+        self.quantize = cmd.args["on"]
+
+
+def _reply(message: object, ok: bool, error: str = "", **extra) -> dict:
+    reply: dict = {"ok": ok}
+    if isinstance(message, dict) and "id" in message:
+        reply["id"] = message["id"]
+    if not ok:
+        reply["error"] = error
+    reply.update(extra)
+    return reply
+

@@ -1,0 +1,298 @@
+"""One deck: a track's stems through keylock, stem gains, trim, EQ and filter.
+
+A :class:`Deck` is owned by the audio thread (:class:`engine.core.Engine`
+calls it); other threads never touch it, they send commands. Every buffer is
+allocated in ``__init__``; :meth:`Deck.render` calls the stretcher's and the
+mixer DSP's ``numba`` kernels over them.
+
+Signal path, per block: stems -> :class:`engine.stretch.Stretcher` (keylock or
+vinyl; the four stems stay sample-aligned) -> per-stem gain (fader x mute x
+solo, ramped per sample) and sum -> trim x auto-gain x transport fade ->
+3-band EQ -> filter = the pre-fader signal (what PFL hears). The engine then
+applies the channel fader and crossfader.
+
+Transport and time
+------------------
+``position_frames`` is the source position audible at the next output frame.
+Jumps (seek, cue, hot cue, loop wrap, beat jump, loop-roll release) go through
+:meth:`Deck.jump`, which restarts the stretcher there with its 2.9 ms
+crossfade and, for a synced deck, moves its beat offset by the beats jumped so
+that the sync clock never sees a jump (see :mod:`engine.core`). With quantize
+on, jumps of a playing deck keep the beat phase: the destination is moved by
+less than half a beat so that its fractional beat equals the current one.
+A loop wraps at the exact output frame where the playhead reaches its end: the
+block is split there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from engine.commands import DECK_PARAMS, HOT_CUES
+from engine.dsp import DjEq, DjFilter, db_to_gain, gain_ramp_block
+from engine.grid import beat_at, frames_per_beat, position_at
+from engine.stretch import Stretcher
+from engine.track import REFERENCE_LUFS, DeckTrack
+
+__all__ = ["Deck", "mix_stems", "STEM_INDEX", "FADE_FRAMES"]
+
+_JIT = dict(nogil=True, cache=True)
+
+STEM_INDEX = {"drums": 0, "bass": 1, "vocals": 2, "other": 3}
+FADE_FRAMES = 128
+"""Length of the play/pause fade and of the shortest gain change, frames (2.9 ms at 44.1 kHz)."""
+AUTO_GAIN_LIMIT_DB = 12.0
+"""Largest auto-gain correction, dB."""
+
+
+@numba.njit(**_JIT)
+def mix_stems(stem_buf, n_frames, gains_start, gains_end, scale, out, out_offset):
+    """``out[out_offset + i] = scale * sum_s g_s(i) * stem_buf[s, i]``, each stem gain ramping linearly
+    from ``gains_start[s]`` to ``gains_end[s]`` (reached on the last frame); non-finite samples become 0."""
+    n_stems = stem_buf.shape[0]
+    for i in range(n_frames):
+        t = (i + 1) / n_frames
+        for c in range(out.shape[1]):
+            acc = 0.0
+            for s in range(n_stems):
+                g = gains_start[s] + (gains_end[s] - gains_start[s]) * t
+                if g != 0.0:
+                    acc += g * stem_buf[s, i, c]
+            v = acc * scale
+            if not math.isfinite(v):
+                v = 0.0
+            out[out_offset + i, c] = v
+
+
+class Deck:
+    """A deck of the engine (see the module docstring).
+
+    Parameters
+    ----------
+    index : int
+        Deck number (0-based).
+    sample_rate : int
+        Engine sample rate, Hz.
+    max_block_frames : int
+        Largest block :meth:`render` is given.
+    """
+
+    def __init__(self, index: int, sample_rate: int = 44100, max_block_frames: int = 1024):
+        self.index = index
+        self.sample_rate = sample_rate
+        self.max_block_frames = max_block_frames
+        self._stretchers = {4: Stretcher(4, 2, sample_rate, max_block_frames),
+                            1: Stretcher(1, 2, sample_rate, max_block_frames)}
+        self._stem_bufs = {4: np.zeros((4, max_block_frames, 2), np.float32),
+                           1: np.zeros((1, max_block_frames, 2), np.float32)}
+        self.block = np.zeros((max_block_frames, 2), np.float32)
+        self.eq = DjEq(sample_rate)
+        self.filter = DjFilter(sample_rate)
+        self.track: DeckTrack | None = None
+        self.stretcher = self._stretchers[4]
+        self.params = {name: spec[2] for name, spec in DECK_PARAMS.items() if name != "stem"}
+        for name in STEM_INDEX:
+            self.params["stem." + name] = 1.0
+            self.params["switch." + name] = 1.0       # mute / solo, ramped
+        self.params["play_gain"] = 0.0
+        self._gains_applied = np.zeros(4)
+        self._gains_next = np.zeros(4)
+        self._piece0 = np.zeros(4)    # the stem gains at the ends of one piece of a split block
+        self._piece1 = np.zeros(4)
+        self._stem_gain1 = np.ones(1)
+        self._stem_gain1_next = np.ones(1)
+        self._trim_applied = 0.0
+        self.muted = [False] * 4
+        self.soloed = [False] * 4
+        self.auto_gain_db = 0.0
+        self.pitch_range = 0.08
+        self.nudge = 0.0
+        self.keylock = True
+        self.pfl = False
+        self.side = "thru"
+        self.hot_cues = np.full(HOT_CUES, np.nan)
+        self.cue_frames = 0.0
+        self.previewing = False
+        self.pending_jump: float | None = None   # where a stopping deck goes once faded out (CDJ cue)
+        self.playing = False          # rendering (includes the fade-out after pause)
+        self.stopping = False         # pause requested: fading out
+        self.ended = False
+        self.needs_restart = True     # the stretcher must start afresh (no crossfade) on the next block
+        self.position_frames = 0.0
+        self.ratio = 1.0              # source frames per output frame used for the last block
+        self.loop_on = False
+        self.loop_start = 0.0
+        self.loop_end = 0.0
+        self.loop_beats = 0.0
+        self.rolling = False
+        self.slip_position = 0.0
+        self.synced = False
+        self.sync_offset_beats = 0.0
+        self.peak = 0.0
+
+    # ------------------------------------------------------------------ track
+
+    @property
+    def loaded(self) -> bool:
+        return self.track is not None
+
+    def attach(self, track: DeckTrack | None) -> DeckTrack | None:
+        """Put ``track`` on the deck (stopped at its cue point); returns the previous track.
+
+        Called in the audio thread: only references move; the caller disposes of
+        the returned track elsewhere.
+        """
+        old = self.track
+        self.track = track
+        self.playing = self.stopping = self.previewing = self.ended = False
+        self.pending_jump = None
+        self.loop_on = self.rolling = False
+        self.params["play_gain"] = 0.0
+        self.hot_cues[:] = np.nan
+        self.needs_restart = True
+        if track is not None:
+            self.stretcher = self._stretchers[track.n_stems]
+            self.cue_frames = float(track.cue_frames)
+            self.position_frames = self.cue_frames
+            lufs = track.lufs
+            self.auto_gain_db = 0.0 if lufs != lufs else max(-AUTO_GAIN_LIMIT_DB,
+                                                             min(AUTO_GAIN_LIMIT_DB, REFERENCE_LUFS - lufs))
+        else:
+            self.position_frames = 0.0
+            self.auto_gain_db = 0.0
+        self.eq.reset()
+        self.filter.reset()
+        return old
+
+    # ------------------------------------------------------------------ time
+
+    def beat(self, position_frames: float | None = None) -> float:
+        """Beat count of a source position (default: the playhead)."""
+        pos = self.position_frames if position_frames is None else position_frames
+        return beat_at(self.track.beats_frames, pos)
+
+    def position_of_beat(self, beat: float) -> float:
+        return position_at(self.track.beats_frames, beat)
+
+    def frames_per_beat(self) -> float:
+        return frames_per_beat(self.track.beats_frames, self.position_frames)
+
+    def quantized_target(self, target_frames: float) -> float:
+        """``target_frames`` moved by less than half a beat so that its beat phase equals the playhead's."""
+        now = self.beat()
+        delta = self.beat(target_frames) - now
+        return self.position_of_beat(now + round(delta))
+
+    def jump(self, target_frames: float, quantize: bool = False) -> None:
+        """Move the playhead (see the module docstring)."""
+        if self.track is None:
+            return
+        if quantize and self.playing and not self.stopping:
+            target_frames = self.quantized_target(target_frames)
+        if self.synced:
+            jumped = self.beat(target_frames) - self.beat()
+            self.sync_offset_beats += jumped
+        self.position_frames = float(target_frames)
+        self.ended = False
+        if self.playing and not self.needs_restart:
+            self.stretcher.reset(self.position_frames)
+
+    # ------------------------------------------------------------------ rendering
+
+    def tempo_ratio(self) -> float:
+        """Source frames per output frame when not synced: pitch fader and nudge."""
+        return (1.0 + self.params["pitch"]) * (1.0 + self.nudge)
+
+    def _stem_gains(self, out: np.ndarray) -> None:
+        p = self.params
+        for name, s in STEM_INDEX.items():
+            out[s] = p["stem." + name] * p["switch." + name]
+
+    def render(self, n_frames: int, ratio: float) -> None:
+        """Render ``n_frames`` pre-fader frames into ``self.block[:n_frames]`` at ``ratio`` source frames per
+        output frame (ignored when not playing)."""
+        block = self.block
+        track = self.track
+        if track is None or not self.playing:
+            block[:n_frames] = 0.0
+            self.peak = 0.0
+            return
+        self.ratio = ratio
+        st = self.stretcher
+        if self.needs_restart:
+            st.reset(self.position_frames, crossfade=False)
+            self.needs_restart = False
+        n_stems = track.n_stems
+        stem_buf = self._stem_bufs[n_stems]
+        if n_stems == 4:
+            g0, g1 = self._gains_applied, self._gains_next
+            self._stem_gains(g1)
+        else:
+            g0, g1 = self._stem_gain1, self._stem_gain1_next
+        scale = 1.0 / track.scale
+        semitones = self.params["key_shift"]
+        done = 0
+        while done < n_frames:
+            k = n_frames - done
+            wrap = False
+            if self.loop_on and ratio > 0.0:
+                to_end = (self.loop_end - self.position_frames) / ratio
+                if to_end <= 0.0:
+                    self.jump(self.loop_start + (self.position_frames - self.loop_end) % (self.loop_end - self.loop_start))
+                    continue
+                if to_end < k:
+                    k = max(1, int(math.ceil(to_end - 1e-9)))
+                    wrap = True
+            self.position_frames = st.process(track.stems, stem_buf, k, ratio, self.keylock, semitones)
+            # Gains for this piece: the part of the block's ramp that falls in it.
+            if n_stems == 4:
+                a = done / n_frames
+                b = (done + k) / n_frames
+                for s in range(4):
+                    self._piece0[s] = g0[s] + (g1[s] - g0[s]) * a
+                    self._piece1[s] = g0[s] + (g1[s] - g0[s]) * b
+                mix_stems(stem_buf, k, self._piece0, self._piece1, scale, block, done)
+            else:
+                mix_stems(stem_buf, k, g0, g1, scale, block, done)
+            if self.rolling:
+                self.slip_position += k * ratio
+            done += k
+            if wrap:
+                over = self.position_frames - self.loop_end
+                self.jump(self.loop_start + max(over, 0.0))
+        if n_stems == 4:
+            g0[:] = g1
+        if self.position_frames >= track.frames and ratio > 0.0:
+            self.ended = True
+            self.playing = False
+            self.needs_restart = True
+        trim = db_to_gain(self.params["gain_db"] + self.auto_gain_db) * self.params["play_gain"]
+        gain_ramp_block(block, n_frames, self._trim_applied, trim)
+        self._trim_applied = trim
+        view = block[:n_frames]
+        p = self.params
+        self.eq.process(view, p["eq_low_db"], p["eq_mid_db"], p["eq_high_db"])
+        self.filter.process(view, p["filter"])
+
+    # ------------------------------------------------------------------ state
+
+    def summary(self) -> dict:
+        """JSON-ready state for controllers (read from another thread: a snapshot, possibly torn)."""
+        t = self.track
+        d = {"deck": self.index, "loaded": t is not None, "playing": self.playing and not self.stopping,
+             "position_s": self.position_frames / self.sample_rate, "keylock": self.keylock, "sync": self.synced,
+             "pfl": self.pfl, "side": self.side, "loop": [self.loop_start, self.loop_end] if self.loop_on else None,
+             "pitch": self.params["pitch"], "pitch_range": self.pitch_range, "ended": self.ended,
+             "hot_cues_s": [None if math.isnan(c) else c / self.sample_rate for c in self.hot_cues],
+             "cue_s": self.cue_frames / self.sample_rate, "auto_gain_db": round(self.auto_gain_db, 2),
+             "params": {k: v for k, v in self.params.items() if not k.startswith(("switch.", "play_gain"))},
+             "muted": [n for n, s in STEM_INDEX.items() if self.muted[s]],
+             "soloed": [n for n, s in STEM_INDEX.items() if self.soloed[s]]}
+        if t is not None:
+            d["track"] = t.summary()
+            d["beat"] = self.beat()
+            d["bpm"] = 60.0 * self.sample_rate / self.frames_per_beat() * self.ratio
+        return d
