@@ -261,6 +261,33 @@ class Engine:
             k = max(1, end - now)
             self._render(t, k)
             t += k
+        self._spread_hops(n)
+
+    def _spread_hops(self, n: int) -> None:
+        """Compute vocoder frames ahead for the decks least ahead, a few per block.
+
+        Each keylocked deck needs one expensive frame per hop (512 output frames); left alone, all decks'
+        frames can fall in the same block. Keeping every deck ``n + hop`` frames ahead, at most
+        ``ceil(decks * n / hop)`` frames per block, spreads them out: at 128-frame blocks and four
+        decks, one frame per block.
+        """
+        hop = self.decks[0].stretcher.hop_frames
+        target = n + hop
+        vocoders = 0
+        for deck in self.decks:
+            if deck.playing and deck.stretcher.lead_frames >= 0.0:
+                vocoders += 1
+        for _ in range(-(-vocoders * n // hop)):
+            best = None
+            best_lead = target
+            for deck in self.decks:
+                if deck.playing:
+                    lead = deck.stretcher.lead_frames
+                    if 0.0 <= lead < best_lead:
+                        best, best_lead = deck, lead
+            if best is None:
+                return
+            best.stretcher.prefetch(best.track.stems, target)
 
     def _beat_frame(self, beat: float) -> int:
         """Output frame at which the master clock reaches ``beat``, at the current tempo."""

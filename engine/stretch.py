@@ -94,7 +94,7 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["Stretcher", "stretch_block", "stretch_block_int16", "rfft", "irfft", "semitones_to_factor", "MIN_RATIO",
+__all__ = ["Stretcher", "stretch_block", "stretch_block_int16", "prefetch_block", "prefetch_block_int16", "rfft", "irfft", "semitones_to_factor", "MIN_RATIO",
            "MAX_RATIO"]
 
 _JIT = dict(nogil=True, cache=True)
@@ -103,6 +103,9 @@ MIN_RATIO = 0.25
 """Smallest vocoder rate (source frames per output frame) in keylock; smaller ratios are clamped."""
 MAX_RATIO = 4.0
 """Largest vocoder rate and largest |ratio| in vinyl mode; larger values are clamped."""
+UNITY_TOLERANCE = 1e-4
+"""Keylock within this of ratio 1 (and no key shift) is played by the resampler: a pitch error of at most
+0.35 cent, instead of a phase vocoder doing nothing."""
 
 _XFADE = 128          # frames of crossfade after reset() or a path switch
 _DET_N = 512          # onset detector FFT size
@@ -234,26 +237,71 @@ def _irfft(in_re, in_im, x, rev, tw_re, tw_im, post_re, post_im, z_re, z_im):
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
 def _cfft_batch(re, im, nb, tw_re, tw_im, sign):
-    """:func:`_cfft` of the first ``nb`` columns of ``(m, B)`` arrays at once (the inner loop vectorises)."""
+    """:func:`_cfft` of the first ``nb`` columns of ``(m, B)`` arrays at once (the inner loop vectorises).
+
+    Two radix-2 stages are fused per pass (radix 2^2), so the data is swept half as often; a leading
+    radix-2 stage takes an odd number of stages.
+    """
     m = re.shape[0]
-    size = 2
-    while size <= m:
-        half = size >> 1
-        step = m // size
+    stages = 0
+    while (1 << stages) < m:
+        stages += 1
+    h = 1
+    if stages % 2 == 1:
+        for a in range(0, m, 2):
+            b = a + 1
+            for t in range(nb):
+                tr = re[b, t]
+                ti = im[b, t]
+                re[b, t] = re[a, t] - tr
+                im[b, t] = im[a, t] - ti
+                re[a, t] += tr
+                im[a, t] += ti
+        h = 2
+    while h < m:
+        size = 4 * h
+        s1 = m // (2 * h)
+        s2 = m // size
         for start in range(0, m, size):
-            for k in range(half):
-                wr = tw_re[k * step]
-                wi = sign * tw_im[k * step]
-                a = start + k
-                b = a + half
+            for k in range(h):
+                # First stage (span h): twiddle W_{2h}^k on both pairs; second (span 2h): W_{4h}^k, and
+                # W_{4h}^(k+h) = W_{4h}^k * (-i) (times the sign for the inverse).
+                w1r = tw_re[k * s1]
+                w1i = sign * tw_im[k * s1]
+                w2r = tw_re[k * s2]
+                w2i = sign * tw_im[k * s2]
+                w3r = sign * w2i
+                w3i = -sign * w2r
+                a0 = start + k
+                a1 = a0 + h
+                a2 = a1 + h
+                a3 = a2 + h
                 for t in range(nb):
-                    tr = wr * re[b, t] - wi * im[b, t]
-                    ti = wr * im[b, t] + wi * re[b, t]
-                    re[b, t] = re[a, t] - tr
-                    im[b, t] = im[a, t] - ti
-                    re[a, t] += tr
-                    im[a, t] += ti
-        size <<= 1
+                    x1r = w1r * re[a1, t] - w1i * im[a1, t]
+                    x1i = w1r * im[a1, t] + w1i * re[a1, t]
+                    x3r = w1r * re[a3, t] - w1i * im[a3, t]
+                    x3i = w1r * im[a3, t] + w1i * re[a3, t]
+                    b0r = re[a0, t] + x1r
+                    b0i = im[a0, t] + x1i
+                    b1r = re[a0, t] - x1r
+                    b1i = im[a0, t] - x1i
+                    b2r = re[a2, t] + x3r
+                    b2i = im[a2, t] + x3i
+                    b3r = re[a2, t] - x3r
+                    b3i = im[a2, t] - x3i
+                    c2r = w2r * b2r - w2i * b2i
+                    c2i = w2r * b2i + w2i * b2r
+                    c3r = w3r * b3r - w3i * b3i
+                    c3i = w3r * b3i + w3i * b3r
+                    re[a0, t] = b0r + c2r
+                    im[a0, t] = b0i + c2i
+                    re[a2, t] = b0r - c2r
+                    im[a2, t] = b0i - c2i
+                    re[a1, t] = b1r + c3r
+                    im[a1, t] = b1i + c3i
+                    re[a3, t] = b1r - c3r
+                    im[a3, t] = b1i - c3i
+        h *= 4
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True)
@@ -576,7 +624,9 @@ def _pv_frame(source, smask, slen, fi, ff, rate, hs, pv, det, flux_thresh_db, ph
     ci = int(math.floor(c_nom + 0.5))
     ha = ci - fi[_I_C_LAST]
 
-    # Analysis: window and FFT the stem sum of each channel (for the decisions), then every stem.
+    # Analysis: window and FFT the stem sum of each channel (for the decisions), then every stem. The
+    # sum is transformed rather than summed from the stems' spectra so that a deck of stems and a deck
+    # of their mix round alike and take the same decisions: the stretched stems sum to the stretched mix.
     start = ci - half
     inside = start >= 0 and start + n <= slen
     for c in range(n_ch):
@@ -764,6 +814,16 @@ def _resample(buf, mask, length, x0, q0, q1, n, out, out_off, positions, pos_fro
     n_stems = buf.shape[0]
     n_ch = buf.shape[2]
     table_per_zero = (sinc.shape[0] - 2) // zeros
+    if q0 == 1.0 and q1 == 1.0 and x0 == math.floor(x0):
+        # A unit step on whole frames reads the samples themselves (the sinc is 1 at 0 and 0 elsewhere).
+        p0 = int(x0)
+        for i in range(n):
+            if positions.shape[0] > 0:
+                positions[out_off + i] = _pv_position(fi, map_s, map_c, hs, x0 + i) if pos_from_ring else x0 + i
+            for st in range(n_stems):
+                for c in range(n_ch):
+                    out[st, out_off + i, c] = _load(buf, st, p0 + i, c, mask, length)
+        return x0 + n
     x = x0
     for i in range(n):
         q = q0 + (q1 - q0) * (i + 1) / n
@@ -824,6 +884,45 @@ def _ensure_pv(source, smask, slen, fi, ff, rate, hs, until_u, pv, det, flux_thr
     half = pv[0].shape[0] // 2
     while fi[_I_FRAMES] == 0 or fi[_I_S_LAST] + hs - half < until_u:
         _pv_frame(source, smask, slen, fi, ff, rate, hs, pv, det, flux_thresh_db, phase_lock, transients)
+
+
+@numba.njit(**_JIT)
+def _lead(fi, ff, hs, pv):
+    """Vocoder output frames already complete past the next output frame; -1 when no vocoder runs."""
+    if fi[_I_MODE] < 1 or fi[_I_RESET] == 1 or fi[_I_FRAMES] == 0:
+        return -1.0
+    half = pv[0].shape[0] // 2
+    return fi[_I_S_LAST] + hs - half - ff[_F_U]
+
+
+@numba.njit(**_JIT)
+def _prefetch(source, smask, slen, fi, ff, hs, pv, det, params, lead_frames):
+    if fi[_I_MODE] < 1 or fi[_I_RESET] == 1 or fi[_I_FRAMES] == 0:
+        return False
+    if _lead(fi, ff, hs, pv) >= lead_frames:
+        return False
+    flux_thresh_db, phase_lock, transients, zeros, hermite = params
+    _pv_frame(source, smask, slen, fi, ff, ff[_F_RATE], hs, pv, det, flux_thresh_db, phase_lock, transients)
+    return True
+
+
+@numba.njit(**_JIT)
+def prefetch_block(state, source, lead_frames):
+    """Compute the next vocoder frame now if less than ``lead_frames`` of output are ready (float32 stems).
+
+    Lets the engine spread the decks' frame computations over blocks instead of letting every deck's
+    hop fall in the same block; returns whether a frame was computed.
+    """
+    fi, ff, hs, pv, det, rs, params, xfade, positions, stage, stage_valid, stage_reach = state
+    return _prefetch(source, 0, source.shape[1], fi, ff, hs, pv, det, params, lead_frames)
+
+
+@numba.njit(**_JIT)
+def prefetch_block_int16(state, source, lead_frames):
+    """:func:`prefetch_block` for int16 stems: reads the staging ring the last block filled."""
+    fi, ff, hs, pv, det, rs, params, xfade, positions, stage, stage_valid, stage_reach = state
+    ring = stage[stage_reach[2]]
+    return _prefetch(ring, ring.shape[1] - 1, source.shape[1], fi, ff, hs, pv, det, params, lead_frames)
 
 
 @numba.njit(**_JIT)
@@ -951,9 +1050,17 @@ def _stage_fill(source, stage, lo, hi, mask, scale):
 
 
 @numba.njit(**_JIT)
-def _paths(ratio, keylock, semitones):
-    """Path (0 resampler, 1 vocoder, 2 both), vocoder rate and resampler step for one block."""
+def _paths(ratio, keylock, semitones, mode_now):
+    """Path (0 resampler, 1 vocoder, 2 both), vocoder rate and resampler step for one block.
+
+    Keylock at a ratio within :data:`UNITY_TOLERANCE` of 1 without key shift plays through the resampler
+    (a plain copy at exactly 1): nothing to stretch, and a fraction of the cost. The band is twice as
+    wide for staying as for entering, so a synced deck hovering around 1 does not switch back and forth.
+    """
     factor = 2.0 ** (semitones / 12.0) if semitones != 0.0 else 1.0
+    near = UNITY_TOLERANCE * (2.0 if mode_now == 0 else 1.0)
+    if keylock and semitones == 0.0 and abs(ratio - 1.0) < near:
+        keylock = False
     if keylock:
         q = factor
         rate = ratio / factor
@@ -976,7 +1083,7 @@ def stretch_block(state, source, out, n_frames, ratio, keylock, semitones):
     (<= ``max_block_frames``) frames. Returns the source position audible at the next block's first frame.
     """
     fi, ff, hs, pv, det, rs, params, xfade, positions, stage, stage_valid, stage_reach = state
-    mode, rate, q = _paths(ratio, keylock, semitones)
+    mode, rate, q = _paths(ratio, keylock, semitones, fi[_I_MODE])
     return _process(mode, source, 0, source, 0, source.shape[1], fi, ff, rate, q, n_frames, out, positions, hs,
                     pv, det, rs, params, xfade)
 
@@ -1050,7 +1157,7 @@ def stretch_block_int16(state, source, out, n_frames, ratio, keylock, semitones)
     :meth:`Stretcher.reset`.
     """
     fi, ff, hs, pv, det, rs, params, xfade, positions, stage, stage_valid, stage_reach = state
-    mode, rate, q = _paths(ratio, keylock, semitones)
+    mode, rate, q = _paths(ratio, keylock, semitones, fi[_I_MODE])
     old, new = _stage_block(state, source)
     mask = stage.shape[2] - 1
     return _process(mode, stage[old], mask, stage[new], mask, source.shape[1], fi, ff, rate, q, n_frames, out,
@@ -1212,6 +1319,24 @@ class Stretcher:
             self._i[_I_MODE] = -1
 
     @property
+    def lead_frames(self) -> float:
+        """Output frames the vocoder has ready beyond the next output frame (-1: vocoder not running)."""
+        return float(_lead(self._i, self._f, self.hop_frames, self._pv))
+
+    def prefetch(self, source: np.ndarray, lead_frames: float) -> bool:
+        """Compute one vocoder frame ahead of need if less than ``lead_frames`` output frames are ready.
+
+        ``source`` is the array last given to :meth:`process`. The engine calls this for the deck that is
+        least ahead, a bounded number of times per block, so that the decks' frame computations (the
+        expensive part, one per hop) fall in different blocks instead of piling up in one.
+        """
+        if source.dtype == np.float32:
+            return bool(prefetch_block(self.state, source, float(lead_frames)))
+        if source is not self._stage_source:
+            return False
+        return bool(prefetch_block_int16(self.state, source, float(lead_frames)))
+
+    @property
     def position_frames(self) -> float:
         """Source position audible at the next output frame (valid after the first :meth:`process`)."""
         if self._i[_I_RESET] or self._i[_I_MODE] < 0:
@@ -1260,7 +1385,7 @@ class Stretcher:
                              f"{self.channels}), got {out.dtype} {out.shape}")
         # The same steps as stretch_block / stretch_block_int16, called one by one so that the big
         # kernel (_process) is compiled once, for float32, whatever the stems' dtype.
-        mode, rate, q = _paths(float(ratio), bool(keylock), float(semitones))
+        mode, rate, q = _paths(float(ratio), bool(keylock), float(semitones), int(self._i[_I_MODE]))
         if source.dtype == np.float32:
             return _process(mode, source, 0, source, 0, source.shape[1], self._i, self._f, rate, q, int(n_frames),
                             out, self.positions, self.hop_frames, self._pv, self._det, self._rs, self._params,
