@@ -15,6 +15,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "separate": ("prep.bench_separate", "bench_separate"),
     "stems": ("prep.bench_stems", "bench_stems"),
     "stretch": ("engine.bench_stretch", "bench_stretch"),
+    "engine": ("engine.bench_engine", "bench_engine"),
+    "live": ("engine.output", "bench_live"),
 }
 """Benchmark name -> (module, function); modules import lazily (some load torch)."""
 

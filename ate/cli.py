@@ -292,6 +292,39 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_play(args: argparse.Namespace) -> int:
+    from engine.output import find_device, play_commands
+    from engine.script import ScriptError, default_script_path, load_script
+
+    try:
+        script = load_script(args.script or default_script_path())
+        seconds = args.seconds or script.duration_s()
+        device = args.device
+        if args.host_api or (device is not None and not device.isdigit()):
+            device = find_device(host_api=args.host_api, name=device)
+        elif device is not None:
+            device = int(device)
+        print(f"playing {Path(script.path).name} for {seconds:.1f} s ...", file=sys.stderr)
+        report = play_commands(script.commands, seconds, device=device, block_frames=args.block_frames,
+                               channels=script.channels, latency=args.latency, n_decks=script.decks)
+    except (ScriptError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as err:  # PortAudio: no device, device busy, unsupported settings
+        print(f"error: audio output: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.json:
+        print(json.dumps(report))
+    else:
+        cost = report["cost_ms"]
+        print(f"{report.get('device', '?')} ({report.get('host_api', '?')}): {report['seconds']:.1f} s in "
+              f"{report['callbacks']} blocks of {report['block_frames']} frames, latency "
+              f"{report.get('latency_s', 0) * 1e3:.1f} ms; xruns {report['xruns']}; callback cost median "
+              f"{cost['median']:.2f} / p99 {cost['p99']:.2f} / max {cost['max']:.2f} ms; "
+              f"{len(report['command_errors'])} command errors")
+    return EXIT_OK
+
+
 def _add_separation_options(p: argparse.ArgumentParser, allow_none: bool, default: str = "auto") -> None:
     choices = ["auto", "demucs", "dsp"] + (["none"] if allow_none else [])
     g = p.add_argument_group("separation")
@@ -307,6 +340,15 @@ def _add_separation_options(p: argparse.ArgumentParser, allow_none: bool, defaul
     g.add_argument("--overlap", type=float, default=0.25, help="demucs segment overlap, 0..1 (default: 0.25)")
     g.add_argument("--segment", type=float, default=None,
                    help="demucs segment length in seconds (default: the model's, 7.8 for htdemucs)")
+
+
+def _latency_arg(text: str) -> float | str:
+    if text in ("low", "high"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"latency must be seconds, low or high, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -379,6 +421,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="compact JSON on one line")
     p.add_argument("--quick", action="store_true", help="a smaller set, for a fast check")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("play", help="play a timed command script live on an audio device")
+    p.add_argument("script", nargs="?", default=None, metavar="SCRIPT",
+                   help=".toml or .json command script (default: the built-in demo mix; see docs/scripts.md)")
+    p.add_argument("--device", default=None, help="output device: index or part of its name (default: PortAudio's)")
+    p.add_argument("--host-api", default=None, help="host API to pick the device from, e.g. JACK or ALSA")
+    p.add_argument("--block-frames", type=int, default=256, metavar="N", help="frames per callback (256)")
+    p.add_argument("--latency", default=None, type=_latency_arg,
+                   help="suggested output latency: seconds, or low/high (PortAudio's choice)")
+    p.add_argument("--seconds", type=float, default=None, metavar="S", help="how long to play (default: the script's)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=_cmd_play)
 
     p = sub.add_parser("render", help="render a timed command script to an audio file (offline, faster than live)")
     p.add_argument("script", nargs="?", default=None, metavar="SCRIPT",

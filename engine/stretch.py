@@ -94,6 +94,9 @@ import math
 import numba
 import numpy as np
 
+from engine import fftw
+from engine.fftw import execute
+
 __all__ = ["Stretcher", "stretch_block", "stretch_block_int16", "prefetch_block", "prefetch_block_int16", "rfft", "irfft", "semitones_to_factor", "MIN_RATIO",
            "MAX_RATIO"]
 
@@ -600,7 +603,7 @@ def _det_run_until(source, smask, slen, fi, known_until, det, flux_thresh_db):
 def _pv_frame(source, smask, slen, fi, ff, rate, hs, pv, det, flux_thresh_db, phase_lock, transients):
     """Analyse, rotate and overlap-add the next vocoder frame for every stem and channel."""
     (win_a, win_s, tab, z_re, z_im, frames, spec_re, spec_im, rot_re, rot_im, prev_re, prev_im,
-     theta, power, peak_of, peaks, free_until, ring, map_s, map_c) = pv
+     theta, power, peak_of, peaks, free_until, ring, map_s, map_c, fftw_addresses, spectra) = pv
     # Rows of frames / spec: 0 .. n_ch - 1 the stem sum per channel (the decisions are made on it),
     # then stem st, channel c at n_ch + st * n_ch + c.
     sum_re = spec_re
@@ -649,8 +652,17 @@ def _pv_frame(source, smask, slen, fi, ff, rate, hs, pv, det, flux_thresh_db, ph
                         frames[row, i] = source[st, p & smask if smask else p, c] * win_a[i]
                     else:
                         frames[row, i] = 0.0
-    _rfft_batch(frames, 0, n_ch + n_stems * n_ch, spec_re, spec_im, tab[0], tab[1], tab[2], tab[3], tab[4],
-                z_re, z_im)
+    rows = n_ch + n_stems * n_ch
+    use_fftw = fftw_addresses[1] != 0
+    if use_fftw:
+        # The stem rows stay in ``spectra`` (rotated there in place); only the sums are split out.
+        execute(fftw_addresses[0], fftw_addresses[1])
+        for r in range(n_ch):
+            for k in range(nk):
+                spec_re[r, k] = spectra[r, k].real
+                spec_im[r, k] = spectra[r, k].imag
+    else:
+        _rfft_batch(frames, 0, rows, spec_re, spec_im, tab[0], tab[1], tab[2], tab[3], tab[4], z_re, z_im)
 
     # Phase decisions, from the stem sum only.
     w0 = 2.0 * math.pi / n
@@ -752,18 +764,30 @@ def _pv_frame(source, smask, slen, fi, ff, rate, hs, pv, det, flux_thresh_db, ph
         for st in range(n_stems):
             for c in range(n_ch):
                 ring[st, i & mask, c] = 0.0
-    for row in range(n_ch, n_ch + n_stems * n_ch):
-        for k in range(nk):
-            a = spec_re[row, k]
-            b = spec_im[row, k]
-            spec_re[row, k] = a * rot_re[k] - b * rot_im[k]
-            spec_im[row, k] = a * rot_im[k] + b * rot_re[k]
-    _irfft_batch(spec_re, spec_im, n_ch, n_stems * n_ch, frames, tab[0], tab[1], tab[2], tab[3], tab[4], z_re, z_im)
+    if use_fftw:
+        for row in range(n_ch, rows):
+            spectra[row, 0] = spectra[row, 0].real * rot_re[0]   # c2r wants real DC and Nyquist bins
+            for k in range(1, nk - 1):
+                a = spectra[row, k].real
+                b = spectra[row, k].imag
+                spectra[row, k] = complex(a * rot_re[k] - b * rot_im[k], a * rot_im[k] + b * rot_re[k])
+            spectra[row, nk - 1] = spectra[row, nk - 1].real * rot_re[nk - 1]
+        execute(fftw_addresses[0], fftw_addresses[2])
+        gain = 1.0 / n          # FFTW's inverse is unnormalised
+    else:
+        for row in range(n_ch, rows):
+            for k in range(nk):
+                a = spec_re[row, k]
+                b = spec_im[row, k]
+                spec_re[row, k] = a * rot_re[k] - b * rot_im[k]
+                spec_im[row, k] = a * rot_im[k] + b * rot_re[k]
+        _irfft_batch(spec_re, spec_im, n_ch, rows - n_ch, frames, tab[0], tab[1], tab[2], tab[3], tab[4], z_re, z_im)
+        gain = 1.0
     for st in range(n_stems):
         for c in range(n_ch):
             row = n_ch + st * n_ch + c
             for i in range(n):
-                ring[st, (out0 + i) & mask, c] += frames[row, i] * win_s[i]
+                ring[st, (out0 + i) & mask, c] += frames[row, i] * (win_s[i] * gain)
 
     slot = j % _MAP
     map_s[slot] = s
@@ -1271,6 +1295,14 @@ class Stretcher:
             np.zeros((self.n_stems, ring_len, self.channels), dtype=np.float32),
             np.zeros(_MAP, dtype=np.int64), np.zeros(_MAP),
         )
+        # FFTW does the vocoder's transforms when it is installed (about 3x faster than the numba FFT).
+        spectra = np.zeros((rows, nk), dtype=np.complex128)
+        addresses = np.zeros(3, dtype=np.int64)
+        if fftw.available():
+            self._fftw_plans = fftw.RealFFTPlans(self._pv[5], spectra, (0, rows), (self.channels, m))
+            addresses = self._fftw_plans.addresses
+        self._pv = self._pv + (addresses, spectra)
+        self.uses_fftw = bool(addresses[1])
         kd = _DET_N // 2 + 1
         self._det = (
             np.zeros(_DET_N), np.hanning(_DET_N + 1)[:-1].copy(), np.zeros(kd), np.zeros(kd), _fft_tables(_DET_N),

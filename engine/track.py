@@ -3,7 +3,7 @@
 :class:`DeckTrack` is built off the audio thread (decoding, reading a ``.stems``
 file, resampling) and handed to the engine whole; the audio thread only swaps a
 reference. Stems are kept as int16 with the per-track scale of the ``.stems``
-format (half the memory of float32: a 6-minute four-stem track is 127 MB); the
+format (half the memory of float32: a 6-minute four-stem track is 254 MB); the
 stretcher converts the frames it reads. A track without stems is loaded as one
 "stem", its mix.
 

@@ -12,8 +12,9 @@ extras=""
 
 # System packages: ffmpeg (decoding m4a/mp3, stem export), rubberband-cli
 # (pyrubberband, the reference stretcher), PortAudio and JACK (sounddevice,
-# python-rtmidi; tests run JACK's dummy backend), libsndfile (soundfile).
-apt_packages=(ffmpeg rubberband-cli libsndfile1 libportaudio2 jackd2 libjack-jackd2-0 python3-venv)
+# python-rtmidi; tests run JACK's dummy backend), libsndfile (soundfile),
+# FFTW (the keylock vocoder's transforms in the realtime engine).
+apt_packages=(ffmpeg rubberband-cli libsndfile1 libportaudio2 jackd2 libjack-jackd2-0 libfftw3-double3 python3-venv)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

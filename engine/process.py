@@ -1,0 +1,294 @@
+"""The engine in its own process, so that nothing else in the application can starve the audio.
+
+The audio callback is Python (:meth:`engine.core.Engine.process` calling
+``numba`` kernels), so it needs the GIL: in the same process as a busy UI, a
+garbage collection of a large heap or a slow request, it would wait for it.
+:class:`EngineProcess` starts a child process (``multiprocessing`` "spawn"
+context: a fresh interpreter, no inherited threads or locks) that builds the
+:class:`~engine.core.Engine`, warms up its kernels
+(:func:`engine.output.warm_up`), starts the stream
+(:class:`engine.output.AudioOutput`) and then serves requests from a
+``multiprocessing.Pipe``, one reply per request.
+
+In the child:
+
+- the garbage collector is tamed: after warm-up, ``gc.freeze()`` moves every
+  object that exists (modules, the engine, the tracks loaded so far) out of the
+  collector's sight and the thresholds are raised, so that a collection
+  (which holds the GIL while it walks the heap) rarely runs;
+- ``sys.setswitchinterval`` is lowered to :data:`SWITCH_INTERVAL_S`: when the
+  audio thread comes back from a ``nogil`` kernel while the request thread runs
+  Python, it gets the GIL within that time instead of CPython's default 5 ms
+  (longer than a 128-frame block);
+- :meth:`Engine.collect_garbage <engine.core.Engine.collect_garbage>` runs
+  after every request and at least every :data:`IDLE_POLL_S`, freeing tracks
+  that loads replaced outside the audio thread.
+
+:func:`handle_request` is the one place that turns a request into a reply;
+the ZeroMQ server (issue 5) runs in the same child and reuses it. Requests are
+engine commands (``{"cmd": ...}``, see :mod:`engine.commands`) or
+``{"request": "state"}`` / ``{"request": "report"}``. An exception while
+handling a request becomes an error reply; it never kills the child.
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import sys
+import threading
+import time
+
+__all__ = ["EngineProcess", "EngineProcessError", "handle_request", "SWITCH_INTERVAL_S", "IDLE_POLL_S",
+           "GC_THRESHOLDS"]
+
+SWITCH_INTERVAL_S = 0.0005
+"""GIL switch interval in the engine process, seconds (CPython's default is 0.005)."""
+IDLE_POLL_S = 0.1
+"""Longest wait for a request before the child collects the engine's garbage anyway, seconds."""
+GC_THRESHOLDS = (100_000, 50, 100)
+"""``gc.set_threshold`` in the engine process (CPython's default is (700, 10, 10))."""
+
+
+class EngineProcessError(RuntimeError):
+    """The engine process failed to start or is gone."""
+
+
+def handle_request(engine, output, message: object) -> dict:
+    """One request -> one reply; never raises.
+
+    Parameters
+    ----------
+    engine : Engine
+        The engine.
+    output : AudioOutput or None
+        Its output (for ``{"request": "report"}``).
+    message : object
+        ``{"cmd": ...}`` (an engine command, replied to by
+        :meth:`Engine.send <engine.core.Engine.send>`), ``{"request": "state"}``
+        (reply ``{"ok": true, "state": engine.state()}``) or
+        ``{"request": "report", "since": N}`` (reply ``{"ok": true, "report": output.report(N)}``;
+        ``since``, optional: cost statistics from callback ``N`` on).
+        An ``"id"`` is echoed in the reply.
+
+    Returns
+    -------
+    dict
+        ``{"ok": true, ...}`` or ``{"ok": false, "error": "one line"}``.
+    """
+    try:
+        if isinstance(message, dict) and "request" in message and "cmd" not in message:
+            kind = message["request"]
+            if kind == "state":
+                reply = {"ok": True, "state": engine.state()}
+            elif kind == "report":
+                if output is None:
+                    reply = {"ok": False, "error": "report: no audio output"}
+                else:
+                    reply = {"ok": True, "report": output.report(int(message.get("since", 0)))}
+            else:
+                reply = {"ok": False, "error": f"unknown request {kind!r}; known: state, report"}
+            if "id" in message:
+                reply["id"] = message["id"]
+            return reply
+        return engine.send(message)
+    except Exception as err:  # noqa: BLE001 -- a request must never kill the engine
+        reply = {"ok": False, "error": f"internal error: {type(err).__name__}: {err}"}
+        if isinstance(message, dict) and "id" in message:
+            reply["id"] = message["id"]
+        return reply
+
+
+def _child_main(conn, config: dict) -> None:
+    """The engine process: build, warm up, play, serve ``conn`` until told to close or the parent goes."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    from engine.core import Engine
+    from engine.output import AudioOutput, find_device, warm_up
+
+    output = None
+    try:
+        engine = Engine(n_decks=config["n_decks"], channels=config["channels"])
+        device = config["device"]
+        if device is None and config["host_api"] is not None:
+            device = find_device(host_api=config["host_api"])
+        warm_s = warm_up(config["channels"], config["block_frames"])
+        output = AudioOutput(engine, device=device, block_frames=config["block_frames"], latency=config["latency"])
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
+        output.start()
+    except Exception as err:  # noqa: BLE001 -- reported to the parent, which raises
+        if output is not None:
+            output.stop()
+        conn.send({"ok": False, "error": f"engine process: {type(err).__name__}: {err}"})
+        conn.close()
+        return
+    conn.send({"ok": True, "warm_up_s": round(warm_s, 3), "report": output.report()})
+    final = None
+    try:
+        while True:
+            if conn.poll(IDLE_POLL_S):
+                try:
+                    message = conn.recv()
+                except EOFError:
+                    break          # the parent is gone
+                except Exception as err:  # noqa: BLE001 -- e.g. a message that does not unpickle here
+                    conn.send({"ok": False, "error": f"unreadable request: {type(err).__name__}: {err}"})
+                    continue
+                if isinstance(message, dict) and message.get("request") == "close" and "cmd" not in message:
+                    final = message
+                    break
+                conn.send(handle_request(engine, output, message))
+            engine.collect_garbage()
+    finally:
+        output.stop()
+        if final is not None:
+            conn.send({"ok": True, "report": output.report()})
+        conn.close()
+
+
+class EngineProcess:
+    """An :class:`~engine.core.Engine` playing on an output device in a child process.
+
+    Parameters
+    ----------
+    n_decks : int
+        Decks of the engine.
+    channels : int
+        2 (master) or 4 (master and headphones).
+    device : int or str, optional
+        Output device (as :class:`engine.output.AudioOutput` takes it); the
+        index refers to the child's PortAudio enumeration, which is made when
+        the child starts.
+    block_frames : int
+        Frames per callback.
+    latency : float or str, optional
+        Suggested output latency, seconds, or "low"/"high".
+    host_api : str, optional
+        With no ``device``: the first output device of this host API
+        (:func:`engine.output.find_device`), e.g. "JACK".
+    start_timeout_s : float
+        Longest wait for the child to be playing, seconds (warm-up included).
+
+    Raises
+    ------
+    EngineProcessError
+        If the child fails to start (the message is the child's error).
+
+    Notes
+    -----
+    :meth:`send`, :meth:`state` and :meth:`report` may be called from many
+    threads: a lock keeps each request and its reply together on the pipe.
+    The child inherits ``os.environ`` (e.g. ``JACK_DEFAULT_SERVER``).
+    """
+
+    def __init__(self, n_decks: int = 4, channels: int = 2, device: int | str | None = None, block_frames: int = 256,
+                 latency: float | str | None = None, host_api: str | None = None, start_timeout_s: float = 120.0):
+        config = {"n_decks": n_decks, "channels": channels, "device": device, "block_frames": block_frames,
+                  "latency": latency, "host_api": host_api}
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe()
+        self._lock = threading.Lock()
+        self._closed = False
+        self.final_report: dict | None = None
+        self._proc = ctx.Process(target=_child_main, args=(child_conn, config), name="ate-engine", daemon=True)
+        self._proc.start()
+        child_conn.close()
+        ready = None
+        try:
+            if self._conn.poll(start_timeout_s):
+                ready = self._conn.recv()
+        except EOFError:
+            pass
+        if not ready or not ready.get("ok"):
+            self._kill()
+            self._closed = True
+            self._conn.close()
+            if ready:
+                why = ready["error"]
+            elif self._proc.exitcode is not None:
+                why = f"engine process: exited with code {self._proc.exitcode} before it was ready"
+            else:
+                why = f"engine process: not ready within {start_timeout_s:g} s"
+            raise EngineProcessError(why)
+        self.warm_up_s = ready["warm_up_s"]
+        self.start_report = ready["report"]
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id."""
+        return self._proc.pid
+
+    def _request(self, message: object) -> dict:
+        with self._lock:
+            if self._closed:
+                raise EngineProcessError("engine process: closed")
+            try:
+                self._conn.send(message)
+            except (TypeError, AttributeError, ValueError) as err:   # does not pickle: nothing was written
+                return {"ok": False, "error": f"request does not serialise: {type(err).__name__}: {err}"}
+            except OSError as err:
+                raise EngineProcessError(f"engine process: gone ({err})") from None
+            try:
+                return self._conn.recv()
+            except (EOFError, OSError):
+                raise EngineProcessError(f"engine process: gone (exit code {self._proc.exitcode})") from None
+
+    def send(self, message: dict) -> dict:
+        """Send one engine command; returns its reply (``{"ok": ...}``, see :func:`handle_request`)."""
+        return self._request(message)
+
+    def state(self) -> dict:
+        """The engine's :meth:`~engine.core.Engine.state` snapshot."""
+        reply = self._request({"request": "state"})
+        if not reply.get("ok"):
+            raise EngineProcessError(reply.get("error", "state failed"))
+        return reply["state"]
+
+    def report(self, since: int = 0) -> dict:
+        """The output's :meth:`~engine.output.AudioOutput.report` (after :meth:`close`: the final one);
+        ``since``: cost statistics from that callback index on."""
+        if self._closed and self.final_report is not None:
+            return self.final_report
+        reply = self._request({"request": "report", "since": since})
+        if not reply.get("ok"):
+            raise EngineProcessError(reply.get("error", "report failed"))
+        return reply["report"]
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the stream and end the child (killed if it does not end within ``timeout_s``)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._conn.send({"request": "close"})
+                if self._conn.poll(timeout_s):
+                    reply = self._conn.recv()
+                    self.final_report = reply.get("report")
+            except (EOFError, OSError):
+                pass
+            self._proc.join(timeout_s)
+            self._kill()
+            self._conn.close()
+
+    def _kill(self) -> None:
+        if self._proc.is_alive():
+            self._proc.terminate()
+            self._proc.join(5.0)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(5.0)
+
+    def __enter__(self) -> EngineProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if not self._closed:
+                self.close(timeout_s=2.0)
+        except Exception:  # noqa: BLE001 -- interpreter shutdown
+            pass
