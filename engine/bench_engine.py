@@ -241,20 +241,17 @@ def _timed(fn, acc: dict, key: str):
 def engine_breakdown(tracks: list, block_frames: int = 128, audio_s: float = 3.0) -> dict:
     """Where a block's time goes: the four-deck keylock run with every stage wrapped in a wall-clock timer.
 
-    Stages: ``stretch_ahead`` (vocoder frames computed ahead of need by :meth:`Stretcher.prefetch`,
-    which the engine spreads over blocks, where the engine has it), ``stretch_staging`` (int16 ->
-    float32 staging of the stems the stretcher reads), ``stretch_kernel`` (the numba kernel of
-    :meth:`Stretcher.process`: resampler, output from the vocoder's ring, any vocoder frame not
-    computed ahead), ``stretch_python`` (the rest of :meth:`Stretcher.process`: checks, path choice),
-    ``hop_scheduling`` (the engine's choice of which deck computes ahead), ``stem_mix`` (stem gains
-    and sum), ``trim``, ``eq``, ``filter``, ``sync`` (followers' ratio), ``mixer`` (faders, crossfader,
-    meters), ``limiter``; ``python_rest`` is the block's time outside all of them (the engine's and
-    the decks' bookkeeping). Microseconds per block (means), and each stage's share; the timers' own cost is in
-    ``instrumented_us`` against ``plain_us`` (the same run untimed).
+    Stages: ``stretch_ahead`` (vocoder frames computed ahead of need by :meth:`Stretcher.prefetch`, which
+    the engine spreads over blocks), ``stretch_block`` (the deck's stretch kernel: int16 staging,
+    resampler, output from the vocoder's ring, any vocoder frame not computed ahead),
+    ``hop_scheduling`` (the engine's choice of which deck computes ahead), ``stem_mix`` (stem gains and
+    sum), ``deck_post`` (trim, EQ and filter: one kernel), ``sync`` (followers' ratio), ``mixer``
+    (faders, crossfader, meters), ``limiter``; ``python_rest`` is the block's time outside all of them
+    (the engine's and the decks' bookkeeping). Microseconds per block (means), and each stage's share;
+    the timers' own cost is in ``instrumented_us`` against ``plain_us`` (the same run untimed).
     """
     import engine.core as core
     import engine.deck as deck_mod
-    import engine.stretch as stretch_mod
 
     engine = build_engine(tracks)
     out = np.zeros((block_frames, 2), np.float32)
@@ -264,25 +261,18 @@ def engine_breakdown(tracks: list, block_frames: int = 128, audio_s: float = 3.0
     plain = time_engine(engine, block_frames, audio_s, warmup_s=0.0)
 
     acc: dict = collections.defaultdict(int)
-    # Module-level kernels the Python layer calls (patched while timing, restored after); any the current
-    # engine does not have is skipped, so that the breakdown follows the engine as it changes.
-    patches = [(stretch_mod, "_stage_block", "stretch_staging"), (stretch_mod, "_process", "stretch_kernel"),
-               (deck_mod, "mix_stems", "stem_mix"), (deck_mod, "gain_ramp_block", "trim"),
+    # Module-level kernels the Python layer calls (patched while timing, restored after).
+    patches = [(deck_mod, "mix_stems", "stem_mix"), (deck_mod, "post_block", "deck_post"),
                (core, "add_faded", "mixer"), (core, "block_peak", "mixer"), (core, "gain_ramp_block", "mixer")]
-    patches = [(m, name, key) for m, name, key in patches if hasattr(m, name)]
     originals = [getattr(m, name) for m, name, _ in patches]
     for (m, name, key), fn in zip(patches, originals):
         setattr(m, name, _timed(fn, acc, key))
     for deck in engine.decks:
+        deck._stretch_kernel = _timed(deck._stretch_kernel, acc, "stretch_block")
         for st in deck._stretchers.values():
-            st.process = _timed(st.process, acc, "stretch_total")
-            if hasattr(st, "prefetch"):
-                st.prefetch = _timed(st.prefetch, acc, "stretch_ahead")
-        deck.eq.process = _timed(deck.eq.process, acc, "eq")
-        deck.filter.process = _timed(deck.filter.process, acc, "filter")
+            st.prefetch = _timed(st.prefetch, acc, "stretch_ahead")
     engine._follow = _timed(engine._follow, acc, "sync")
-    if hasattr(engine, "_spread_hops"):
-        engine._spread_hops = _timed(engine._spread_hops, acc, "hop_schedule_total")
+    engine._spread_hops = _timed(engine._spread_hops, acc, "hop_schedule_total")
     engine.limiter.process = _timed(engine.limiter.process, acc, "limiter")
     total_ns = 0
     clock = time.perf_counter_ns
@@ -297,19 +287,16 @@ def engine_breakdown(tracks: list, block_frames: int = 128, audio_s: float = 3.0
         gc.enable()
         for (m, name, _), fn in zip(patches, originals):
             setattr(m, name, fn)
-    per = {k: v / n_blocks / 1000.0 for k, v in acc.items()}
+    per = collections.defaultdict(float, {k: v / n_blocks / 1000.0 for k, v in acc.items()})
     total = total_ns / n_blocks / 1000.0
     stages = {
-        "stretch_ahead": per["stretch_ahead"],
-        "stretch_staging": per["stretch_staging"],
-        "stretch_kernel": per["stretch_kernel"],
-        "stretch_python": per["stretch_total"] - per["stretch_staging"] - per["stretch_kernel"],
+        "stretch_ahead": per["stretch_ahead"], "stretch_block": per["stretch_block"],
         "hop_scheduling": per["hop_schedule_total"] - per["stretch_ahead"],
-        "stem_mix": per["stem_mix"], "trim": per["trim"], "eq": per["eq"], "filter": per["filter"],
-        "sync": per["sync"], "mixer": per["mixer"], "limiter": per["limiter"],
+        "stem_mix": per["stem_mix"], "deck_post": per["deck_post"], "sync": per["sync"], "mixer": per["mixer"],
+        "limiter": per["limiter"],
     }
     stages["python_rest"] = total - sum(stages.values())
-    stretcher = per["stretch_total"] + per["stretch_ahead"]
+    stretcher = per["stretch_block"] + per["stretch_ahead"]
     return {
         "block_frames": block_frames, "blocks": n_blocks, "clock": "wall (perf_counter), means per block",
         "plain_us": round(plain["wall"]["mean_ms"] * 1000.0, 1),
@@ -317,8 +304,7 @@ def engine_breakdown(tracks: list, block_frames: int = 128, audio_s: float = 3.0
         "stages_us": {k: round(v, 1) for k, v in stages.items()},
         "stages_share": {k: round(v / total, 4) for k, v in stages.items()},
         "stretcher_share": round(stretcher / total, 4),
-        "python_share": round((stages["stretch_python"] + stages["hop_scheduling"] + stages["python_rest"]) / total,
-                              4),
+        "python_share": round((stages["hop_scheduling"] + stages["python_rest"]) / total, 4),
     }
 
 

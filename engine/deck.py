@@ -32,9 +32,9 @@ import numba
 import numpy as np
 
 from engine.commands import DECK_PARAMS, HOT_CUES
-from engine.dsp import DjEq, DjFilter, db_to_gain, gain_ramp_block
+from engine.dsp import MAX_EQ_DB, DjEq, DjFilter, db_to_gain, eq_block, filter_block, gain_ramp_block
 from engine.grid import beat_at, frames_per_beat, position_at
-from engine.stretch import Stretcher
+from engine.stretch import Stretcher, stretch_block, stretch_block_int16
 from engine.track import REFERENCE_LUFS, DeckTrack
 
 __all__ = ["Deck", "mix_stems", "STEM_INDEX", "FADE_FRAMES"]
@@ -42,6 +42,7 @@ __all__ = ["Deck", "mix_stems", "STEM_INDEX", "FADE_FRAMES"]
 _JIT = dict(nogil=True, cache=True)
 
 STEM_INDEX = {"drums": 0, "bass": 1, "vocals": 2, "other": 3}
+_STEM_KEYS = tuple(("stem." + name, "switch." + name) for name in STEM_INDEX)   # parameter names, per stem
 FADE_FRAMES = 128
 """Length of the play/pause fade and of the shortest gain change, frames (2.9 ms at 44.1 kHz)."""
 AUTO_GAIN_LIMIT_DB = 12.0
@@ -65,6 +66,17 @@ def mix_stems(stem_buf, n_frames, gains_start, gains_end, scale, out, out_offset
             if not math.isfinite(v):
                 v = 0.0
             out[out_offset + i, c] = v
+
+
+@numba.njit(**_JIT)
+def post_block(block, n_frames, trim_start, trim_end, eq, filt, filter_knob):
+    """Trim (a linear ramp), EQ and filter of one deck's block, in place: one kernel call per block."""
+    gain_ramp_block(block, n_frames, trim_start, trim_end)
+    coef, bq_state, gains, targets, smooth = eq
+    eq_block(block, n_frames, coef, bq_state, gains, targets, smooth)
+    svf_state, coefs, knob_state, sample_rate, damping, smooth_k, lp_min_hz, hp_max_hz = filt
+    filter_block(block, n_frames, svf_state, coefs, knob_state, filter_knob, sample_rate, damping, smooth_k,
+                 lp_min_hz, hp_max_hz)
 
 
 class Deck:
@@ -91,6 +103,9 @@ class Deck:
         self.block = np.zeros((max_block_frames, 2), np.float32)
         self.eq = DjEq(sample_rate)
         self.filter = DjFilter(sample_rate)
+        self._eq_state = self.eq.state            # built once: no tuple per block
+        self._filter_state = self.filter.state
+        self._stretch_kernel = stretch_block_int16
         self.track: DeckTrack | None = None
         self.stretcher = self._stretchers[4]
         self.params = {name: spec[2] for name, spec in DECK_PARAMS.items() if name != "stem"}
@@ -155,6 +170,8 @@ class Deck:
         self.needs_restart = True
         if track is not None:
             self.stretcher = self._stretchers[track.n_stems]
+            self.stretcher.bind(track.stems)
+            self._stretch_kernel = stretch_block_int16 if track.stems.dtype == np.int16 else stretch_block
             self.cue_frames = float(track.cue_frames)
             self.position_frames = self.cue_frames
             lufs = track.lufs
@@ -208,8 +225,8 @@ class Deck:
 
     def _stem_gains(self, out: np.ndarray) -> None:
         p = self.params
-        for name, s in STEM_INDEX.items():
-            out[s] = p["stem." + name] * p["switch." + name]
+        for s, (gain_key, switch_key) in enumerate(_STEM_KEYS):
+            out[s] = p[gain_key] * p[switch_key]
 
     def render(self, n_frames: int, ratio: float) -> None:
         """Render ``n_frames`` pre-fader frames into ``self.block[:n_frames]`` at ``ratio`` source frames per
@@ -246,9 +263,10 @@ class Deck:
                 if to_end < k:
                     k = max(1, int(math.ceil(to_end - 1e-9)))
                     wrap = True
-            self.position_frames = st.process(track.stems, stem_buf, k, ratio, self.keylock, semitones)
+            self.position_frames = self._stretch_kernel(st.state, track.stems, stem_buf, k, ratio, self.keylock,
+                                                        semitones)
             # Gains for this piece: the part of the block's ramp that falls in it.
-            if n_stems == 4:
+            if n_stems == 4 and k < n_frames:
                 a = done / n_frames
                 b = (done + k) / n_frames
                 for s in range(4):
@@ -269,13 +287,14 @@ class Deck:
             self.ended = True
             self.playing = False
             self.needs_restart = True
-        trim = db_to_gain(self.params["gain_db"] + self.auto_gain_db) * self.params["play_gain"]
-        gain_ramp_block(block, n_frames, self._trim_applied, trim)
-        self._trim_applied = trim
-        view = block[:n_frames]
         p = self.params
-        self.eq.process(view, p["eq_low_db"], p["eq_mid_db"], p["eq_high_db"])
-        self.filter.process(view, p["filter"])
+        trim = db_to_gain(p["gain_db"] + self.auto_gain_db) * p["play_gain"]
+        targets = self.eq.targets
+        targets[0] = db_to_gain(min(p["eq_low_db"], MAX_EQ_DB))
+        targets[1] = db_to_gain(min(p["eq_mid_db"], MAX_EQ_DB))
+        targets[2] = db_to_gain(min(p["eq_high_db"], MAX_EQ_DB))
+        post_block(block, n_frames, self._trim_applied, trim, self._eq_state, self._filter_state, p["filter"])
+        self._trim_applied = trim
 
     # ------------------------------------------------------------------ state
 

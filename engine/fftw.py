@@ -92,9 +92,10 @@ class RealFFTPlans:
         complex128 ``(rows, n // 2 + 1)``, C-contiguous: the spectra.
     forward_rows : tuple of int
         ``(first, count)``: rows of ``frames`` transformed into the same rows of ``spectra``.
-    inverse_rows : tuple of int
+    inverse_rows : tuple of int, optional
         ``(first, count)``: rows of ``spectra`` transformed back into the same rows of ``frames``
-        (unnormalised, as FFTW does: divide by ``n``; the spectra rows are overwritten).
+        (unnormalised, as FFTW does: divide by ``n``; the spectra rows are overwritten). None: no
+        inverse plan (its address is 0).
 
     Attributes
     ----------
@@ -103,7 +104,7 @@ class RealFFTPlans:
     """
 
     def __init__(self, frames: np.ndarray, spectra: np.ndarray, forward_rows: tuple[int, int],
-                 inverse_rows: tuple[int, int]):
+                 inverse_rows: tuple[int, int] | None = None):
         lib = _load()
         if lib is None:
             raise RuntimeError("engine/fftw.py: libfftw3 is not available (Debian: libfftw3-double3)")
@@ -115,22 +116,24 @@ class RealFFTPlans:
         self._frames, self._spectra = frames, spectra   # the plans point into them: keep them alive
         dims = (ctypes.c_int * 1)(n)
         f0, fc = forward_rows
-        i0, ic = inverse_rows
         keep_f, keep_s = frames.copy(), spectra.copy()   # planning with FFTW_MEASURE scribbles on the buffers
+        self._inverse = None
         with _lock:
             self._forward = lib.fftw_plan_many_dft_r2c(
                 1, dims, fc, frames.ctypes.data + f0 * n * 8, None, 1, n,
                 spectra.ctypes.data + f0 * nk * 16, None, 1, nk, _FFTW_MEASURE)
-            self._inverse = lib.fftw_plan_many_dft_c2r(
-                1, dims, ic, spectra.ctypes.data + i0 * nk * 16, None, 1, nk,
-                frames.ctypes.data + i0 * n * 8, None, 1, n, _FFTW_MEASURE | _FFTW_DESTROY_INPUT)
+            if inverse_rows is not None:
+                i0, ic = inverse_rows
+                self._inverse = lib.fftw_plan_many_dft_c2r(
+                    1, dims, ic, spectra.ctypes.data + i0 * nk * 16, None, 1, nk,
+                    frames.ctypes.data + i0 * n * 8, None, 1, n, _FFTW_MEASURE | _FFTW_DESTROY_INPUT)
         frames[:] = keep_f
         spectra[:] = keep_s
-        if not self._forward or not self._inverse:
+        if not self._forward or (inverse_rows is not None and not self._inverse):
             raise RuntimeError("engine/fftw.py: FFTW could not make a plan")
         self._lib = lib
         execute_address = ctypes.cast(lib.fftw_execute, ctypes.c_void_p).value
-        self.addresses = np.array([execute_address, self._forward, self._inverse], dtype=np.int64)
+        self.addresses = np.array([execute_address, self._forward, self._inverse or 0], dtype=np.int64)
 
     def __del__(self):
         lib = getattr(self, "_lib", None)

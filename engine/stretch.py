@@ -443,7 +443,7 @@ def _stem_sum(source, idx, c):
 
 @numba.njit(**_JIT)
 def _det_frame(source, smask, slen, fi, det_buf, det_win, det_re, det_im, det_tab, det_z_re, det_z_im,
-               det_mag, det_flux, det_centre):
+               det_mag, det_flux, det_centre, fftw_addresses, det_spectrum):
     """Compute one detector frame (magnitudes in dB and flux) at centre ``fi[_I_DET_POS]``."""
     nd = det_buf.shape[0]
     kd = nd // 2 + 1
@@ -453,7 +453,14 @@ def _det_frame(source, smask, slen, fi, det_buf, det_win, det_re, det_im, det_ta
     start = centre - nd // 2
     for n in range(nd):
         det_buf[n] = _mono_sum(source, smask, slen, start + n) * det_win[n]
-    _rfft(det_buf, det_re, det_im, det_tab[0], det_tab[1], det_tab[2], det_tab[3], det_tab[4], det_z_re, det_z_im)
+    if fftw_addresses[1] != 0:
+        execute(fftw_addresses[0], fftw_addresses[1])
+        for k in range(kd):
+            det_re[k] = det_spectrum[0, k].real
+            det_im[k] = det_spectrum[0, k].imag
+    else:
+        _rfft(det_buf, det_re, det_im, det_tab[0], det_tab[1], det_tab[2], det_tab[3], det_tab[4], det_z_re,
+              det_z_im)
     for k in range(kd):
         p = det_re[k] * det_re[k] + det_im[k] * det_im[k]
         # Floor about 72 dB below a full-scale sine's bin (|X| = 128): the noise and rounding in
@@ -592,7 +599,7 @@ def _det_run_until(source, smask, slen, fi, known_until, det, flux_thresh_db):
     # finalised _DET_DELAY frames after it is computed.
     while fi[_I_DET_POS] - (_DET_DELAY + 1) * _DET_HOP - 384 <= known_until:
         _det_frame(source, smask, slen, fi, det[0], det[1], det[2], det[3], det[4], det[5], det[6], det[7], det[8],
-                   det[9])
+                   det[9], det[12], det[13])
         _det_finalise(source, smask, slen, fi, det[7], det[8], det[9], det[10], det[11], flux_thresh_db)
 
 
@@ -1310,6 +1317,12 @@ class Stretcher:
             np.zeros(_DET_HIST, dtype=np.int64), np.zeros(_ONSETS, dtype=np.int64),
             np.zeros((_ONSETS, kd), dtype=np.uint8),
         )
+        det_spectrum = np.zeros((1, kd), dtype=np.complex128)
+        det_addresses = np.zeros(3, dtype=np.int64)
+        if fftw.available():
+            self._fftw_det = fftw.RealFFTPlans(self._det[0].reshape(1, _DET_N), det_spectrum, (0, 1))
+            det_addresses = self._fftw_det.addresses
+        self._det = self._det + (det_addresses, det_spectrum)
         self._rs = (_sinc_table(zeros), np.zeros(2 * zeros * int(MAX_RATIO) + 8), np.zeros(0))
         self._params = (float(onset_threshold_db), bool(phase_lock), bool(transients), zeros,
                         interpolation == "hermite")
@@ -1349,6 +1362,19 @@ class Stretcher:
         self._i[_I_RESET] = 1
         if not crossfade:
             self._i[_I_MODE] = -1
+
+    def bind(self, source: np.ndarray) -> None:
+        """Check and adopt ``source`` (int16 or float32 ``(n_stems, frames, channels)``) for the kernels.
+
+        After this, the engine may call :func:`stretch_block_int16` / :func:`stretch_block` with
+        :attr:`state` and ``source`` directly, block after block, without :meth:`process`'s checks.
+        """
+        if (source.ndim != 3 or source.shape[0] != self.n_stems or source.shape[2] != self.channels
+                or not source.flags.c_contiguous or source.dtype not in (np.int16, np.float32)):
+            raise ValueError(f"engine/stretch.py: source must be C-contiguous int16 or float32 ({self.n_stems}, "
+                             f"frames, {self.channels}), got {source.dtype} {source.shape}")
+        self._stage_source = source
+        self._stage_valid[:] = 0
 
     @property
     def lead_frames(self) -> float:
