@@ -1247,6 +1247,8 @@ class Stretcher:
         Onset detection and phase reset at attacks.
     onset_threshold_db : float
         Minimum mean rise, in dB per bin, of the detector's spectral flux for an onset.
+    use_fftw : bool
+        Let FFTW do the transforms when it is installed (see :mod:`engine.fftw`); else the numba FFT.
 
     Attributes
     ----------
@@ -1267,7 +1269,7 @@ class Stretcher:
 
     def __init__(self, n_stems: int = 4, channels: int = 2, sample_rate: int = 44100, max_block_frames: int = 1024,
                  fft_size: int = 2048, overlap: int = 4, interpolation: str = "sinc", phase_lock: bool = True,
-                 transients: bool = True, onset_threshold_db: float = 1.5):
+                 transients: bool = True, onset_threshold_db: float = 1.5, use_fftw: bool = True):
         if fft_size < 256 or fft_size & (fft_size - 1):
             raise ValueError(f"engine/stretch.py: fft_size must be a power of two >= 256, got {fft_size}")
         if overlap not in (4, 8):
@@ -1305,7 +1307,7 @@ class Stretcher:
         # FFTW does the vocoder's transforms when it is installed (about 3x faster than the numba FFT).
         spectra = np.zeros((rows, nk), dtype=np.complex128)
         addresses = np.zeros(3, dtype=np.int64)
-        if fftw.available():
+        if use_fftw and fftw.available():
             self._fftw_plans = fftw.RealFFTPlans(self._pv[5], spectra, (0, rows), (self.channels, m))
             addresses = self._fftw_plans.addresses
         self._pv = self._pv + (addresses, spectra)
@@ -1319,7 +1321,7 @@ class Stretcher:
         )
         det_spectrum = np.zeros((1, kd), dtype=np.complex128)
         det_addresses = np.zeros(3, dtype=np.int64)
-        if fftw.available():
+        if use_fftw and fftw.available():
             self._fftw_det = fftw.RealFFTPlans(self._det[0].reshape(1, _DET_N), det_spectrum, (0, 1))
             det_addresses = self._fftw_det.addresses
         self._det = self._det + (det_addresses, det_spectrum)

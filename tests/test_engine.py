@@ -76,28 +76,32 @@ def send_all(engine: Engine, *messages: dict) -> None:
 # --------------------------------------------------------------------------- sync
 
 
+def render_synced_pair(a, b, seconds: int, from_s: float, *commands: dict):
+    """Deck A leads from its first beat at frame 0 on the master; deck B, synced, is heard alone on the
+    headphones (PFL, cue only). Returns the engine, A's expected beat frames after ``from_s`` (at ratio 1
+    its beat k sounds at ``beats[k] - beats[0]``) and the onsets found there on each output."""
+    engine = Engine(n_decks=2, channels=4)
+    engine.load(0, a)
+    engine.load(1, b)
+    send_all(engine,
+             {"cmd": "sync", "deck": 0, "on": True}, {"cmd": "sync", "deck": 1, "on": True},
+             {"cmd": "set", "deck": 1, "param": "volume", "value": 0.0}, {"cmd": "pfl", "deck": 1, "on": True},
+             {"cmd": "play", "deck": 0, "at": {"frame": 0}}, *commands)
+    out = engine.render(seconds * SR)
+    expected = a.beats_frames - a.beats_frames[0] + LATENCY
+    expected = expected[(expected > from_s * SR) & (expected < (seconds - 1) * SR)]
+    return engine, expected, onsets(out[:, 0:2], expected), onsets(out[:, 2:4], expected)
+
+
+
 @pytest.mark.slow
 def test_sync_holds_beats_together_over_minutes():
     """A follower at 126 BPM synced to a leader drifting 120 -> 124 BPM: onsets within 1 ms for 2 minutes."""
     seconds = 120
     a = make_track(120.0, 260, drift_bpm=4.0, seed=1)
     b = make_track(126.0, 280, seed=2)
-    engine = Engine(n_decks=2, channels=4)
-    engine.load(0, a)
-    engine.load(1, b)
-    # Master hears deck A only; the headphones (PFL, cue only) hear deck B only.
-    send_all(engine,
-             {"cmd": "sync", "deck": 0, "on": True}, {"cmd": "sync", "deck": 1, "on": True},
-             {"cmd": "set", "deck": 1, "param": "volume", "value": 0.0},
-             {"cmd": "pfl", "deck": 1, "on": True},
-             {"cmd": "play", "deck": 0, "at": {"frame": 0}},
-             {"cmd": "play", "deck": 1, "at": {"beat": 8}})
-    out = engine.render(seconds * SR)
-    # Deck A leads from its first beat at frame 0, at ratio 1: its beat k sounds at beats[k] - beats[0].
-    a_expected = a.beats_frames - a.beats_frames[0] + LATENCY
-    a_expected = a_expected[(a_expected > 10 * SR) & (a_expected < (seconds - 1) * SR)]
-    a_on = onsets(out[:, 0:2], a_expected)
-    b_on = onsets(out[:, 2:4], a_expected)
+    engine, a_expected, a_on, b_on = render_synced_pair(a, b, seconds, 10.0,
+                                                        {"cmd": "play", "deck": 1, "at": {"beat": 8}})
     ok = ~np.isnan(a_on) & ~np.isnan(b_on)
     assert ok.sum() > 150
     diff_ms = (b_on[ok] - a_on[ok]) / SR * 1000.0
@@ -112,21 +116,10 @@ def test_sync_follower_in_a_loop_stays_in_phase():
     """A follower looping 2 beats keeps landing its clicks on the leader's beats."""
     a = make_track(124.0, 80, seed=3)
     b = make_track(128.0, 80, seed=4)
-    engine = Engine(n_decks=2, channels=4)
-    engine.load(0, a)
-    engine.load(1, b)
-    send_all(engine,
-             {"cmd": "sync", "deck": 0, "on": True}, {"cmd": "sync", "deck": 1, "on": True},
-             {"cmd": "set", "deck": 1, "param": "volume", "value": 0.0}, {"cmd": "pfl", "deck": 1, "on": True},
-             {"cmd": "play", "deck": 0, "at": {"frame": 0}}, {"cmd": "play", "deck": 1, "at": {"beat": 4}},
-             {"cmd": "loop", "deck": 1, "beats": 2.0, "at": {"beat": 12.5}},
-             {"cmd": "beat_jump", "deck": 1, "beats": 8.0, "at": {"beat": 20.25}})
-    seconds = 20
-    out = engine.render(seconds * SR)
-    a_expected = a.beats_frames - a.beats_frames[0] + LATENCY
-    a_expected = a_expected[(a_expected > 8 * SR) & (a_expected < (seconds - 1) * SR)]
-    a_on = onsets(out[:, 0:2], a_expected)
-    b_on = onsets(out[:, 2:4], a_expected)
+    engine, a_expected, a_on, b_on = render_synced_pair(
+        a, b, 20, 8.0, {"cmd": "play", "deck": 1, "at": {"beat": 4}},
+        {"cmd": "loop", "deck": 1, "beats": 2.0, "at": {"beat": 12.5}},
+        {"cmd": "beat_jump", "deck": 1, "beats": 8.0, "at": {"beat": 20.25}})
     assert np.abs(b_on - a_on).max() < 0.001 * SR
     assert engine.decks[1].loop_on
 

@@ -276,3 +276,22 @@ def test_bad_arguments_name_the_module():
     st = Stretcher(n_stems=1, max_block_frames=256)
     with pytest.raises(ValueError, match="stretch.py"):
         st.process(np.zeros((1, 100, 2), np.float32), np.zeros((1, 512, 2), np.float32), 512, 1.0, True)
+
+
+def test_fftw_and_numba_fft_give_the_same_stretch(deck):
+    from engine import fftw
+
+    if not fftw.available():
+        pytest.skip("libfftw3 is not installed (Debian: libfftw3-double3)")
+    outs = []
+    for use in (True, False):
+        st = Stretcher(n_stems=4, use_fftw=use)
+        assert st.uses_fftw == use
+        out = np.zeros((4, 512, 2), np.float32)
+        blocks = []
+        for b in range(120):
+            st.process(deck, out, 512, 1.07 if b < 60 else 0.93, True, 0.0 if b < 90 else 1.0)
+            blocks.append(out.copy())
+        outs.append(np.concatenate(blocks, axis=1))
+    assert np.abs(outs[0]).max() > 0.05
+    assert np.abs(outs[0] - outs[1]).max() < 1e-4
