@@ -22,7 +22,10 @@ In the child:
   (longer than a 128-frame block);
 - :meth:`Engine.collect_garbage <engine.core.Engine.collect_garbage>` runs
   after every request and at least every :data:`IDLE_POLL_S`, freeing tracks
-  that loads replaced outside the audio thread.
+  that loads replaced outside the audio thread;
+- tracks are decoded in a further helper process
+  (:class:`engine.loader.ProcessLoader`) and arrive in shared memory, so a
+  load never holds this process' GIL for long.
 
 :func:`handle_request` is the one place that turns a request into a reply;
 the ZeroMQ server (issue 5) runs in the same child and reuses it. Requests are
@@ -103,11 +106,13 @@ def _child_main(conn, config: dict) -> None:
     """The engine process: build, warm up, play, serve ``conn`` until told to close or the parent goes."""
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     from engine.core import Engine
+    from engine.loader import ProcessLoader
     from engine.output import AudioOutput, find_device, warm_up
 
     output = None
+    loader = ProcessLoader()
     try:
-        engine = Engine(n_decks=config["n_decks"], channels=config["channels"])
+        engine = Engine(n_decks=config["n_decks"], channels=config["channels"], loader=loader)
         device = config["device"]
         if device is None and config["host_api"] is not None:
             device = find_device(host_api=config["host_api"])
@@ -142,6 +147,7 @@ def _child_main(conn, config: dict) -> None:
             engine.collect_garbage()
     finally:
         output.stop()
+        loader.close()
         if final is not None:
             conn.send({"ok": True, "report": output.report()})
         conn.close()

@@ -88,3 +88,29 @@ def test_a_missing_track_in_a_crate_is_named(crate):
     folder, _ = crate
     reply = Engine(n_decks=1).send({"cmd": "load", "deck": 0, "track": "no such title", "crate": str(folder)})
     assert not reply["ok"] and "no track matches 'no such title'" in reply["error"]
+
+
+def test_the_process_loader_hands_over_the_same_track_in_shared_memory():
+    from engine.loader import SHM_DIR, ProcessLoader
+    from engine.track import TrackLoadError, load_track
+
+    loader = ProcessLoader()
+    try:
+        before = set(SHM_DIR.glob("ate-stems-*")) if SHM_DIR.is_dir() else set()
+        track = loader("synth:bpm=126,seed=5,bars=2")
+        local = load_track("synth:bpm=126,seed=5,bars=2")
+        assert np.array_equal(track.stems, local.stems) and track.scale == local.scale
+        assert np.array_equal(track.beats_frames, local.beats_frames) and track.title == local.title
+        assert type(track.stems) is np.ndarray and track.stems.flags.writeable
+        if SHM_DIR.is_dir():
+            assert set(SHM_DIR.glob("ate-stems-*")) == before        # the name is gone, the pages stay mapped
+        # It plays like any track.
+        engine = Engine(n_decks=1)
+        engine.load(0, track)
+        engine.send({"cmd": "play", "deck": 0, "at": {"frame": 0}})
+        assert np.abs(engine.render(SR)).max() > 0.05
+        # Errors from the helper arrive as the same one-line TrackLoadError.
+        with pytest.raises(TrackLoadError, match="bad item"):
+            loader("synth:tempo=3")
+    finally:
+        loader.close()
