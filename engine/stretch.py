@@ -1381,7 +1381,11 @@ class Stretcher:
     @property
     def lead_frames(self) -> float:
         """Output frames the vocoder has ready beyond the next output frame (-1: vocoder not running)."""
-        return float(_lead(self._i, self._f, self.hop_frames, self._pv))
+        # :func:`_lead` in Python: the engine asks every block, and a kernel call costs more than this.
+        i = self._i
+        if i[_I_MODE] < 1 or i[_I_RESET] == 1 or i[_I_FRAMES] == 0:
+            return -1.0
+        return float(i[_I_S_LAST] + self.hop_frames - self.fft_size // 2 - self._f[_F_U])
 
     def prefetch(self, source: np.ndarray, lead_frames: float) -> bool:
         """Compute one vocoder frame ahead of need if less than ``lead_frames`` output frames are ready.

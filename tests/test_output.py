@@ -182,3 +182,26 @@ def test_engine_process_serves_commands_while_playing(jack):
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     check_xruns(late, jack)
+
+
+def test_ate_play_cli_plays_a_script_on_jack(jack, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "tiny.toml"
+    script.write_text('seconds = 2.0\n[[commands]]\ncmd = "load"\ndeck = 0\ntrack = "synth:bpm=124,seed=3,bars=2"\n'
+                      'at = { frame = 0 }\n[[commands]]\ncmd = "play"\ndeck = 0\nat = { seconds = 0.1 }\n')
+    ate = str(Path(sys.executable).with_name("ate"))
+    env = dict(os.environ, JACK_DEFAULT_SERVER=jack.name, JACK_NO_START_SERVER="1")
+    done = subprocess.run([ate, "play", str(script), "--host-api", "JACK", "--block-frames", str(BLOCK), "--json"],
+                          capture_output=True, text=True, timeout=180, env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["host_api"].startswith("JACK") and report["command_errors"] == []
+    assert report["frames"] >= SR and report["block_frames_min"] == BLOCK
+    # A device that does not exist is one line and exit code 2.
+    bad = subprocess.run([ate, "play", str(script), "--device", "no such card"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no such card" in bad.stderr
