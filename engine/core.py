@@ -542,6 +542,7 @@ class Engine:
         deck.loop_end = deck.position_of_beat(start + beats)
         deck.loop_beats = beats
         deck.loop_on = True
+        deck.update_loop()
 
     def _cmd_loop(self, cmd: Command, deck: Deck) -> None:
         if deck.loaded:
@@ -549,6 +550,7 @@ class Engine:
 
     def _cmd_loop_exit(self, cmd: Command, deck: Deck) -> None:
         deck.loop_on = False
+        deck.update_loop()
 
     def _cmd_reloop(self, cmd: Command, deck: Deck) -> None:
         if not deck.loaded or deck.loop_end <= deck.loop_start:
@@ -556,6 +558,7 @@ class Engine:
         deck.loop_on = not deck.loop_on
         if deck.loop_on and deck.position_frames >= deck.loop_end:
             self._jump(deck, deck.loop_start, keep_phase=True)
+        deck.update_loop()
 
     def _cmd_loop_roll(self, cmd: Command, deck: Deck) -> None:
         if not deck.loaded:
@@ -569,16 +572,19 @@ class Engine:
         if deck.rolling:
             deck.rolling = False
             deck.loop_on = False
+            deck.update_loop()
             deck.jump(deck.slip_position)
 
     def _cmd_beat_jump(self, cmd: Command, deck: Deck) -> None:
         if not deck.loaded:
             return
         n = cmd.args["beats"]
+        target = deck.position_of_beat(deck.beat() + n)
         if deck.loop_on:
             deck.loop_start = deck.position_of_beat(deck.beat(deck.loop_start) + n)
             deck.loop_end = deck.position_of_beat(deck.beat(deck.loop_end) + n)
-        deck.jump(deck.position_of_beat(deck.beat() + n))
+            deck.update_loop()
+        deck.jump(target)
 
     def _cmd_nudge(self, cmd: Command, deck: Deck) -> None:
         deck.nudge = cmd.args["amount"]

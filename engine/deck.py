@@ -14,14 +14,17 @@ applies the channel fader and crossfader.
 Transport and time
 ------------------
 ``position_frames`` is the source position audible at the next output frame.
-Jumps (seek, cue, hot cue, loop wrap, beat jump, loop-roll release) go through
+Jumps (seek, cue, hot cue, beat jump, loop-roll release) go through
 :meth:`Deck.jump`, which restarts the stretcher there with its 2.9 ms
 crossfade and, for a synced deck, moves its beat offset by the beats jumped so
-that the sync clock never sees a jump (see :mod:`engine.core`). With quantize
+that the sync clock never sees a jump (see :mod:`engine.core`); a turn of a
+loop moves the offset the same way. With quantize
 on, jumps of a playing deck keep the beat phase: the destination is moved by
 less than half a beat so that its fractional beat equals the current one.
-A loop wraps at the exact output frame where the playhead reaches its end: the
-block is split there.
+A loop is played by the stretcher as a periodic signal (its staging repeats
+the loop past the loop end), so the vocoder runs straight through the seam:
+a turn of the loop costs nothing and needs no crossfade; only setting, moving
+or leaving a loop restarts the stretcher once, at the playhead.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import numpy as np
 from engine.commands import DECK_PARAMS, HOT_CUES
 from engine.dsp import MAX_EQ_DB, DjEq, DjFilter, db_to_gain, eq_block, filter_block, gain_ramp_block
 from engine.grid import beat_at, frames_per_beat, position_at
-from engine.stretch import Stretcher, stretch_block, stretch_block_int16
+from engine.stretch import Stretcher, stretch_block_int16
 from engine.track import REFERENCE_LUFS, DeckTrack
 
 __all__ = ["Deck", "mix_stems", "STEM_INDEX", "FADE_FRAMES"]
@@ -105,7 +108,9 @@ class Deck:
         self.filter = DjFilter(sample_rate)
         self._eq_state = self.eq.state            # built once: no tuple per block
         self._filter_state = self.filter.state
-        self._stretch_kernel = stretch_block_int16
+        self._stretch_kernel = stretch_block_int16   # an attribute, so that a benchmark can time it
+        self._loop_frames = (0, 0)                    # the loop the stretcher plays (whole frames)
+        self._virtual_frames = 0.0                     # the stretcher's own (unwrapped) position
         self.track: DeckTrack | None = None
         self.stretcher = self._stretchers[4]
         self.params = {name: spec[2] for name, spec in DECK_PARAMS.items() if name != "stem"}
@@ -115,8 +120,6 @@ class Deck:
         self.params["play_gain"] = 0.0
         self._gains_applied = np.zeros(4)
         self._gains_next = np.zeros(4)
-        self._piece0 = np.zeros(4)    # the stem gains at the ends of one piece of a split block
-        self._piece1 = np.zeros(4)
         self._stem_gain1 = np.ones(1)
         self._stem_gain1_next = np.ones(1)
         self._trim_applied = 0.0
@@ -169,9 +172,12 @@ class Deck:
         self.hot_cues[:] = np.nan
         self.needs_restart = True
         if track is not None:
+            if track.stems.dtype != np.int16:
+                raise ValueError(f"{track.title}: a deck plays int16 stems, got {track.stems.dtype}")
             self.stretcher = self._stretchers[track.n_stems]
             self.stretcher.bind(track.stems)
-            self._stretch_kernel = stretch_block_int16 if track.stems.dtype == np.int16 else stretch_block
+            self.stretcher.set_loop(0, 0)
+            self._loop_frames = (0, 0)
             self.cue_frames = float(track.cue_frames)
             self.position_frames = self.cue_frames
             lufs = track.lufs
@@ -209,13 +215,38 @@ class Deck:
             return
         if quantize and self.playing and not self.stopping:
             target_frames = self.quantized_target(target_frames)
+        target_frames = self._real(float(target_frames))
         if self.synced:
             jumped = self.beat(target_frames) - self.beat()
             self.sync_offset_beats += jumped
-        self.position_frames = float(target_frames)
+        self.position_frames = target_frames
+        self._virtual_frames = target_frames
         self.ended = False
         if self.playing and not self.needs_restart:
             self.stretcher.reset(self.position_frames)
+
+    def update_loop(self) -> None:
+        """Give the stretcher the deck's loop (``loop_on``, ``loop_start``, ``loop_end``) after a change.
+
+        The stretcher plays a loop as a periodic signal (no restart per turn); setting, moving or leaving
+        one restarts it once, at the playhead, when it had already read past the (old) loop end.
+        """
+        was = self._loop_frames
+        now = (int(round(self.loop_start)), int(round(self.loop_end))) if self.loop_on else (0, 0)
+        if now == was or self.track is None:
+            return
+        self._loop_frames = now
+        restart = self.stretcher.set_loop(*now) or was[1] > was[0]
+        self._virtual_frames = self.position_frames
+        if restart and self.playing and not self.needs_restart:
+            self.stretcher.reset(self.position_frames)
+
+    def _real(self, virtual_frames: float) -> float:
+        """Source position of a stretcher position (positions past the loop end wrap into the loop)."""
+        start, end = self._loop_frames
+        if end > start and virtual_frames >= end:
+            return start + (virtual_frames - start) % (end - start)
+        return virtual_frames
 
     # ------------------------------------------------------------------ rendering
 
@@ -241,6 +272,7 @@ class Deck:
         st = self.stretcher
         if self.needs_restart:
             st.reset(self.position_frames, crossfade=False)
+            self._virtual_frames = self.position_frames
             self.needs_restart = False
         n_stems = track.n_stems
         stem_buf = self._stem_bufs[n_stems]
@@ -250,37 +282,20 @@ class Deck:
         else:
             g0, g1 = self._stem_gain1, self._stem_gain1_next
         scale = 1.0 / track.scale
-        semitones = self.params["key_shift"]
-        done = 0
-        while done < n_frames:
-            k = n_frames - done
-            wrap = False
-            if self.loop_on and ratio > 0.0:
-                to_end = (self.loop_end - self.position_frames) / ratio
-                if to_end <= 0.0:
-                    self.jump(self.loop_start + (self.position_frames - self.loop_end) % (self.loop_end - self.loop_start))
-                    continue
-                if to_end < k:
-                    k = max(1, int(math.ceil(to_end - 1e-9)))
-                    wrap = True
-            self.position_frames = self._stretch_kernel(st.state, track.stems, stem_buf, k, ratio, self.keylock,
-                                                        semitones)
-            # Gains for this piece: the part of the block's ramp that falls in it.
-            if n_stems == 4 and k < n_frames:
-                a = done / n_frames
-                b = (done + k) / n_frames
-                for s in range(4):
-                    self._piece0[s] = g0[s] + (g1[s] - g0[s]) * a
-                    self._piece1[s] = g0[s] + (g1[s] - g0[s]) * b
-                mix_stems(stem_buf, k, self._piece0, self._piece1, scale, block, done)
-            else:
-                mix_stems(stem_buf, k, g0, g1, scale, block, done)
-            if self.rolling:
-                self.slip_position += k * ratio
-            done += k
-            if wrap:
-                over = self.position_frames - self.loop_end
-                self.jump(self.loop_start + max(over, 0.0))
+        before = self.position_frames
+        virtual0 = self._virtual_frames
+        virtual1 = self._stretch_kernel(st.state, track.stems, stem_buf, n_frames, ratio, self.keylock,
+                                        self.params["key_shift"])
+        self._virtual_frames = virtual1
+        self.position_frames = self._real(virtual1)
+        if self.synced and self._loop_frames[1] > self._loop_frames[0]:
+            # Loop turns move the playhead back: the sync offset follows, as for any jump.
+            continuous = before + (virtual1 - virtual0)
+            if abs(self.position_frames - continuous) > 0.5:
+                self.sync_offset_beats += self.beat(self.position_frames) - self.beat(continuous)
+        mix_stems(stem_buf, n_frames, g0, g1, scale, block, 0)
+        if self.rolling:
+            self.slip_position += n_frames * ratio
         if n_stems == 4:
             g0[:] = g1
         if self.position_frames >= track.frames and ratio > 0.0:

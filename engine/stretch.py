@@ -111,6 +111,8 @@ UNITY_TOLERANCE = 1e-4
 0.35 cent, instead of a phase vocoder doing nothing."""
 
 _XFADE = 128          # frames of crossfade after reset() or a path switch
+_UNBOUNDED = 1 << 62  # source length given for staging rings: staging already holds the silence outside the
+                      # source (and a loop's periodic signal past its end)
 _DET_N = 512          # onset detector FFT size
 _DET_HOP = 128        # onset detector hop, source frames
 _DET_HIST = 16        # detector frames kept (magnitudes, flux)
@@ -953,7 +955,7 @@ def prefetch_block_int16(state, source, lead_frames):
     """:func:`prefetch_block` for int16 stems: reads the staging ring the last block filled."""
     fi, ff, hs, pv, det, rs, params, xfade, positions, stage, stage_valid, stage_reach = state
     ring = stage[stage_reach[2]]
-    return _prefetch(ring, ring.shape[1] - 1, source.shape[1], fi, ff, hs, pv, det, params, lead_frames)
+    return _prefetch(ring, ring.shape[1] - 1, _UNBOUNDED, fi, ff, hs, pv, det, params, lead_frames)
 
 
 @numba.njit(**_JIT)
@@ -1065,15 +1067,24 @@ def _process(mode, src_old, mask_old, src_new, mask_new, slen, fi, ff, rate, q, 
 
 
 @numba.njit(**_JIT)
-def _stage_fill(source, stage, lo, hi, mask, scale):
-    """Convert source frames [lo, hi) to float32 into the staging ring ``stage`` (frame p at p & mask)."""
+def _stage_fill(source, stage, lo, hi, mask, scale, loop_start, loop_end):
+    """Convert source frames [lo, hi) to float32 into the staging ring ``stage`` (frame p at p & mask).
+
+    With a loop (``loop_end > loop_start``) the staged signal is periodic past ``loop_end``: frame
+    ``p >= loop_end`` holds source frame ``loop_start + (p - loop_start) % (loop_end - loop_start)``,
+    so the vocoder and the resampler play a loop as one continuous signal.
+    """
     n_src = source.shape[1]
+    length = loop_end - loop_start
     for p in range(lo, hi):
         idx = p & mask
-        if 0 <= p < n_src:
+        q = p
+        if length > 0 and p >= loop_end:
+            q = loop_start + (p - loop_start) % length
+        if 0 <= q < n_src:
             for st in range(stage.shape[0]):
                 for c in range(stage.shape[2]):
-                    stage[st, idx, c] = source[st, p, c] * scale
+                    stage[st, idx, c] = source[st, q, c] * scale
         else:
             for st in range(stage.shape[0]):
                 for c in range(stage.shape[2]):
@@ -1128,7 +1139,7 @@ def _playing_position(fi, ff, hs, pv):
 
 
 @numba.njit(**_JIT)
-def _cover(source, stage, stage_valid, slot, position, behind, ahead):
+def _cover(source, stage, stage_valid, slot, position, behind, ahead, loop_start, loop_end):
     """Make staging ring ``slot`` hold every source frame one block can read around ``position``."""
     lo = int(math.floor(position)) - behind
     hi = int(math.ceil(position)) + ahead
@@ -1141,16 +1152,16 @@ def _cover(source, stage, stage_valid, slot, position, behind, ahead):
     mask = width - 1
     scale = 1.0 / 32768.0
     if v_hi <= v_lo or hi <= v_lo or lo >= v_hi:
-        _stage_fill(source, ring, lo, hi, mask, scale)
+        _stage_fill(source, ring, lo, hi, mask, scale, loop_start, loop_end)
         stage_valid[slot, 0] = lo
         stage_valid[slot, 1] = hi
         return
     if hi > v_hi:   # moving forward: the ring forgets the oldest frames
-        _stage_fill(source, ring, v_hi, hi, mask, scale)
+        _stage_fill(source, ring, v_hi, hi, mask, scale, loop_start, loop_end)
         v_hi = hi
         v_lo = max(v_lo, v_hi - width)
     if lo < v_lo:   # moving backward (reverse play)
-        _stage_fill(source, ring, lo, v_lo, mask, scale)
+        _stage_fill(source, ring, lo, v_lo, mask, scale, loop_start, loop_end)
         v_lo = lo
         v_hi = min(v_hi, v_lo + width)
     stage_valid[slot, 0] = v_lo
@@ -1166,14 +1177,15 @@ def _stage_block(state, source):
     old = stage_reach[2]
     playing = fi[_I_MODE] >= 0
     if playing:
-        _cover(source, stage, stage_valid, old, _playing_position(fi, ff, hs, pv), behind, ahead)
+        _cover(source, stage, stage_valid, old, _playing_position(fi, ff, hs, pv), behind, ahead, stage_reach[3],
+               stage_reach[4])
     new = old
     if fi[_I_RESET] == 1 or not playing:
         if playing:
             new = 1 - old
         stage_valid[new, 0] = 0
         stage_valid[new, 1] = 0
-        _cover(source, stage, stage_valid, new, ff[_F_RESET_POS], behind, ahead)
+        _cover(source, stage, stage_valid, new, ff[_F_RESET_POS], behind, ahead, stage_reach[3], stage_reach[4])
     stage_reach[2] = new
     return old, new
 
@@ -1191,7 +1203,7 @@ def stretch_block_int16(state, source, out, n_frames, ratio, keylock, semitones)
     mode, rate, q = _paths(ratio, keylock, semitones, fi[_I_MODE])
     old, new = _stage_block(state, source)
     mask = stage.shape[2] - 1
-    return _process(mode, stage[old], mask, stage[new], mask, source.shape[1], fi, ff, rate, q, n_frames, out,
+    return _process(mode, stage[old], mask, stage[new], mask, _UNBOUNDED, fi, ff, rate, q, n_frames, out,
                     positions, hs, pv, det, rs, params, xfade)
 
 
@@ -1343,7 +1355,8 @@ class Stretcher:
         stage_len = 1 << int(math.ceil(math.log2(2 * (self._stage_behind + self._stage_ahead))))
         self._stage = np.zeros((2, self.n_stems, stage_len, self.channels), dtype=np.float32)
         self._stage_valid = np.zeros((2, 2), dtype=np.int64)     # source frames [lo, hi) held by each ring
-        self._stage_reach = np.array([self._stage_behind, self._stage_ahead, 0], dtype=np.int64)   # + ring in use
+        # behind, ahead, ring in use, loop start, loop end (source frames; end <= start: no loop)
+        self._stage_reach = np.array([self._stage_behind, self._stage_ahead, 0, 0, 0], dtype=np.int64)
         self._stage_source = None
         self.state = (self._i, self._f, self.hop_frames, self._pv, self._det, self._rs, self._params, self._xfade,
                       self.positions, self._stage, self._stage_valid, self._stage_reach)
@@ -1377,6 +1390,40 @@ class Stretcher:
                              f"frames, {self.channels}), got {source.dtype} {source.shape}")
         self._stage_source = source
         self._stage_valid[:] = 0
+
+    def set_loop(self, start_frames: int, end_frames: int) -> bool:
+        """Play source frames ``[start_frames, end_frames)`` as a periodic signal (int16 sources only).
+
+        Positions keep growing past the loop end (:meth:`process` returns them unwrapped: the caller
+        maps ``p >= end`` to ``start + (p - start) % (end - start)``); the vocoder runs straight
+        through the seam, so a loop costs nothing per turn and has no crossfade. ``end <= start``
+        clears the loop (what has been staged stays periodic: restart with :meth:`reset` at the real
+        position).
+
+        Returns
+        -------
+        bool
+            Whether the stretcher had already read source frames past the loop end, so that the caller
+            must :meth:`reset` (at the same position) for the loop to take effect.
+        """
+        start, end = int(start_frames), int(end_frames)
+        self._stage_reach[3] = start
+        self._stage_reach[4] = end
+        if end <= start:
+            self._stage_valid[:] = 0
+            return True
+        for slot in range(2):                       # forget what was staged at and past the loop end
+            lo, hi = self._stage_valid[slot]
+            if hi > end:
+                self._stage_valid[slot] = (lo, end) if lo < end else (0, 0)
+        i, f = self._i, self._f
+        if i[_I_RESET] == 1 or i[_I_MODE] < 0:
+            return False
+        if i[_I_MODE] == 0:
+            read_until = f[_F_POS] + 2 * 16 * MAX_RATIO + 2
+        else:
+            read_until = max(i[_I_C_LAST] + self.fft_size // 2, i[_I_DET_POS] + _DET_N // 2)
+        return read_until >= end
 
     @property
     def lead_frames(self) -> float:
@@ -1461,6 +1508,6 @@ class Stretcher:
             self._stage_valid[:] = 0
         old, new = _stage_block(self.state, source)
         mask = self._stage.shape[2] - 1
-        return _process(mode, self._stage[old], mask, self._stage[new], mask, source.shape[1], self._i, self._f,
+        return _process(mode, self._stage[old], mask, self._stage[new], mask, _UNBOUNDED, self._i, self._f,
                         rate, q, int(n_frames), out, self.positions, self.hop_frames, self._pv, self._det, self._rs,
                         self._params, self._xfade)
