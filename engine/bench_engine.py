@@ -131,7 +131,7 @@ def make_tracks(quick: bool = False, bars: int | None = None) -> tuple[list, lis
     return tracks, loads
 
 
-def build_engine(tracks: list, keylock: bool = True, n_playing: int = 4, max_block_frames: int = 1024):
+def build_engine(tracks: list, keylock: bool = True, n_playing: int = 4, max_block_frames: int = 512):
     """An :class:`~engine.core.Engine` with ``tracks[:n_playing]`` loaded, synced, playing from their cue points.
 
     Deck 0 leads at +2 % pitch; EQ and filter of every deck are set away from bypass
@@ -541,7 +541,7 @@ def bench_engine(quick: bool = False) -> dict:
         "setup": {"decks": 4, "stems_per_deck": 4, "tempos_bpm": list(TEMPOS_BPM), "leader_pitch": LEADER_PITCH,
                   "deck_settings_eq_low_mid_high_db_filter": [list(s) for s in _DECK_SETTINGS],
                   "master_gain_db": _MASTER_GAIN_DB, "keylock": True, "sync": True,
-                  "tracks_s": [x["seconds"] for x in loads], "max_block_frames": 1024,
+                  "tracks_s": [x["seconds"] for x in loads], "max_block_frames": 512,
                   "clock": "process CPU time (time.process_time) per block, gc paused; wall time beside it",
                   "quick": quick,
                   "engine_spreads_vocoder_frames": _engine_spreads()},

@@ -108,7 +108,8 @@ class Engine:
     channels : int
         2 (master) or 4 (master on 1-2, headphone cue on 3-4).
     max_block_frames : int
-        Largest block processed at once; :meth:`process` splits longer requests.
+        Largest block processed at once (512); :meth:`process` splits longer requests. The
+        stretchers' staging grows with it, and with it the cost of a restart (seek, play, loop set).
     loader : callable, optional
         ``loader(track, crate) -> DeckTrack`` for ``load`` commands (default:
         :func:`engine.track.load_track`).
@@ -123,7 +124,7 @@ class Engine:
         Owned by the audio thread; read them only for display.
     """
 
-    def __init__(self, n_decks: int = 4, sample_rate: int = 44100, channels: int = 2, max_block_frames: int = 1024,
+    def __init__(self, n_decks: int = 4, sample_rate: int = 44100, channels: int = 2, max_block_frames: int = 512,
                  loader=None):
         if channels not in (2, 4):
             raise ValueError(f"engine: channels must be 2 or 4, got {channels}")
