@@ -149,7 +149,6 @@ class Deck:
         self.slip_position = 0.0
         self.synced = False
         self.sync_offset_beats = 0.0
-        self.peak = 0.0
 
     # ------------------------------------------------------------------ track
 
@@ -266,7 +265,6 @@ class Deck:
         track = self.track
         if track is None or not self.playing:
             block[:n_frames] = 0.0
-            self.peak = 0.0
             return
         self.ratio = ratio
         st = self.stretcher

@@ -515,7 +515,8 @@ class JackDummyServer:
         fd, self.log_path = tempfile.mkstemp(prefix=f"jackd-{self.name}-", suffix=".log")
         with os.fdopen(fd, "w") as log:
             self.process = subprocess.Popen(
-                [jackd, "--realtime" if self.realtime else "--no-realtime", "-n", self.name, "-d", "dummy", "-r", str(self.sample_rate),
+                [jackd, "--realtime" if self.realtime else "--no-realtime", "-n", self.name, "-d", "dummy",
+                 "-r", str(self.sample_rate),
                  "-p", str(self.period_frames)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env)
         deadline = time.monotonic() + timeout_s

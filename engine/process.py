@@ -40,7 +40,6 @@ import gc
 import multiprocessing
 import sys
 import threading
-import time
 
 __all__ = ["EngineProcess", "EngineProcessError", "handle_request", "SWITCH_INTERVAL_S", "IDLE_POLL_S",
            "GC_THRESHOLDS"]

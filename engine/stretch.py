@@ -97,8 +97,8 @@ import numpy as np
 from engine import fftw
 from engine.fftw import execute
 
-__all__ = ["Stretcher", "stretch_block", "stretch_block_int16", "prefetch_block", "prefetch_block_int16", "rfft", "irfft", "semitones_to_factor", "MIN_RATIO",
-           "MAX_RATIO"]
+__all__ = ["Stretcher", "stretch_block", "stretch_block_int16", "prefetch_block", "prefetch_block_int16", "rfft",
+           "irfft", "semitones_to_factor", "MIN_RATIO", "MAX_RATIO", "UNITY_TOLERANCE"]
 
 _JIT = dict(nogil=True, cache=True)
 

@@ -8,7 +8,6 @@ steady tones on chosen stems, so every assertion is on the rendered audio.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
