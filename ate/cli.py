@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from pathlib import Path
 
 from ate.bench import BENCHMARKS
@@ -292,6 +293,33 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_engine(args: argparse.Namespace) -> int:
+    import signal
+
+    from engine.process import EngineProcess, EngineProcessError
+
+    try:
+        proc = EngineProcess(n_decks=args.decks, channels=args.channels, device=args.device,
+                             block_frames=args.block_frames, latency=args.latency, host_api=args.host_api,
+                             endpoint=args.endpoint, pub_endpoint=args.pub)
+    except (EngineProcessError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    report = proc.start_report
+    print(json.dumps({"endpoint": proc.endpoint, "pub_endpoint": proc.pub_endpoint, "device": report.get("device"),
+                      "host_api": report.get("host_api"), "latency_s": report.get("latency_s"),
+                      "block_frames": report.get("block_frames")}), flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5) and proc.send({"request": "state"}).get("ok"):
+        pass
+    proc.close()
+    final = proc.final_report or {}
+    print(f"engine stopped: {final.get('seconds', 0):.1f} s played, {final.get('xruns', 0)} xruns", file=sys.stderr)
+    return EXIT_OK
+
+
 def _cmd_play(args: argparse.Namespace) -> int:
     from engine.output import find_device, play_commands
     from engine.script import ScriptError, default_script_path, load_script
@@ -421,6 +449,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="compact JSON on one line")
     p.add_argument("--quick", action="store_true", help="a smaller set, for a fast check")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("engine", help="run the engine in its own process, served over ZeroMQ (docs/protocol.md)")
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="commands (ROUTER), loopback only")
+    p.add_argument("--pub", default="tcp://127.0.0.1:5556", help="state and beat stream (PUB), loopback only")
+    p.add_argument("--decks", type=int, default=4, help="number of decks (4)")
+    p.add_argument("--channels", type=int, choices=(2, 4), default=2, help="2, or 4 for a headphone cue on 3-4")
+    p.add_argument("--device", default=None, help="output device: index or part of its name (default: PortAudio's)")
+    p.add_argument("--host-api", default=None, help="host API to pick the device from, e.g. JACK or ALSA")
+    p.add_argument("--block-frames", type=int, default=256, metavar="N", help="frames per callback (256)")
+    p.add_argument("--latency", default=None, type=_latency_arg,
+                   help="suggested output latency: seconds, or low/high (PortAudio's choice)")
+    p.set_defaults(func=_cmd_engine)
 
     p = sub.add_parser("play", help="play a timed command script live on an audio device")
     p.add_argument("script", nargs="?", default=None, metavar="SCRIPT",

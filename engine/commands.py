@@ -182,7 +182,7 @@ def parse_command(message: object, n_decks: int = 4, sample_rate: int = 44100) -
         raise CommandError(f"unknown command {name!r}; known: {', '.join(sorted(COMMANDS))}")
     needs_deck, spec = COMMANDS[name]
     deck = -1
-    allowed = set(spec) | {"cmd", "at", "deck", "id"}
+    allowed = set(spec) | {"cmd", "at", "id"} | ({"deck"} if needs_deck or name == "set" else set())
     unknown = sorted(set(message) - allowed)
     if unknown:
         raise CommandError(f"{name}: unknown argument(s) {', '.join(unknown)}")

@@ -109,6 +109,7 @@ def _child_main(conn, config: dict) -> None:
     from engine.output import AudioOutput, find_device, warm_up
 
     output = None
+    server = None
     loader = ProcessLoader()
     try:
         engine = Engine(n_decks=config["n_decks"], channels=config["channels"], loader=loader)
@@ -117,17 +118,25 @@ def _child_main(conn, config: dict) -> None:
             device = find_device(host_api=config["host_api"])
         warm_s = warm_up(config["channels"], config["block_frames"])
         output = AudioOutput(engine, device=device, block_frames=config["block_frames"], latency=config["latency"])
+        if config["endpoint"]:
+            from controllers.server import ProtocolServer
+
+            server = ProtocolServer(engine, output, config["endpoint"], config["pub_endpoint"] or
+                                    config["endpoint"].rsplit(":", 1)[0] + ":*")
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         output.start()
     except Exception as err:  # noqa: BLE001 -- reported to the parent, which raises
+        if server is not None:
+            server.close()
         if output is not None:
             output.stop()
         conn.send({"ok": False, "error": f"engine process: {type(err).__name__}: {err}"})
         conn.close()
         return
-    conn.send({"ok": True, "warm_up_s": round(warm_s, 3), "report": output.report()})
+    endpoints = {"endpoint": server.endpoint, "pub_endpoint": server.pub_endpoint} if server else {}
+    conn.send({"ok": True, "warm_up_s": round(warm_s, 3), "report": output.report(), **endpoints})
     final = None
     try:
         while True:
@@ -145,6 +154,8 @@ def _child_main(conn, config: dict) -> None:
                 conn.send(handle_request(engine, output, message))
             engine.collect_garbage()
     finally:
+        if server is not None:
+            server.close()
         output.stop()
         loader.close()
         if final is not None:
@@ -174,6 +185,9 @@ class EngineProcess:
         (:func:`engine.output.find_device`), e.g. "JACK".
     start_timeout_s : float
         Longest wait for the child to be playing, seconds (warm-up included).
+    endpoint, pub_endpoint : str, optional
+        Serve the ZeroMQ protocol there from the child (:class:`controllers.server.ProtocolServer`:
+        commands on ``endpoint``, state and beats on ``pub_endpoint``); loopback only.
 
     Raises
     ------
@@ -188,9 +202,10 @@ class EngineProcess:
     """
 
     def __init__(self, n_decks: int = 4, channels: int = 2, device: int | str | None = None, block_frames: int = 256,
-                 latency: float | str | None = None, host_api: str | None = None, start_timeout_s: float = 120.0):
+                 latency: float | str | None = None, host_api: str | None = None, start_timeout_s: float = 120.0,
+                 endpoint: str | None = None, pub_endpoint: str | None = None):
         config = {"n_decks": n_decks, "channels": channels, "device": device, "block_frames": block_frames,
-                  "latency": latency, "host_api": host_api}
+                  "latency": latency, "host_api": host_api, "endpoint": endpoint, "pub_endpoint": pub_endpoint}
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         self._lock = threading.Lock()
@@ -218,6 +233,8 @@ class EngineProcess:
             raise EngineProcessError(why)
         self.warm_up_s = ready["warm_up_s"]
         self.start_report = ready["report"]
+        self.endpoint: str | None = ready.get("endpoint")       # where the ZeroMQ protocol is served, if asked
+        self.pub_endpoint: str | None = ready.get("pub_endpoint")
 
     @property
     def pid(self) -> int | None:

@@ -380,3 +380,10 @@ def test_grid_maps_are_inverse():
     beats = np.cumsum(np.linspace(20000, 23000, 50))
     for pos in (-5000.0, beats[0], 123456.7, beats[-1] + 999.0):
         assert position_at(beats, beat_at(beats, pos)) == pytest.approx(pos, abs=1e-6)
+
+
+def test_engine_wide_commands_refuse_a_deck():
+    engine = Engine(n_decks=2)
+    reply = engine.send({"cmd": "bass_swap", "from_deck": 0, "to_deck": 1, "deck": 0})
+    assert not reply["ok"] and "unknown argument(s) deck" in reply["error"]
+    assert engine.send({"cmd": "set", "deck": 1, "param": "volume", "value": 0.5})["ok"]

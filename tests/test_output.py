@@ -208,3 +208,70 @@ def test_ate_play_cli_plays_a_script_on_jack(jack, tmp_path):
     bad = subprocess.run([ate, "play", str(script), "--device", "no such card"], capture_output=True, text=True,
                          timeout=120, env=env)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no such card" in bad.stderr
+
+
+def test_engine_process_serves_the_zeromq_protocol(jack):
+    import json
+
+    import zmq
+
+    from engine.process import EngineProcess
+
+    with EngineProcess(n_decks=2, block_frames=BLOCK, host_api="JACK", endpoint="tcp://127.0.0.1:*") as proc:
+        assert proc.endpoint.startswith("tcp://127.0.0.1:") and proc.pub_endpoint.startswith("tcp://127.0.0.1:")
+        client = zmq.Context.instance().socket(zmq.REQ)
+        client.setsockopt(zmq.LINGER, 0)
+        client.setsockopt(zmq.RCVTIMEO, 60000)
+        client.connect(proc.endpoint)
+
+        def ask(message: dict) -> dict:
+            client.send(json.dumps({"v": 1, **message}).encode())
+            return json.loads(client.recv())
+
+        assert ask({"id": 1, "cmd": "load", "deck": 0, "track": "synth:bpm=124,seed=1,bars=2"})["ok"]
+        assert ask({"id": 2, "cmd": "play", "deck": 0})["ok"]
+        assert not ask({"id": 3, "cmd": "play", "deck": 5})["ok"]
+        time.sleep(0.5)
+        state = ask({"id": 4, "request": "state"})
+        assert state["id"] == 4 and state["state"]["decks"][0]["playing"]
+        assert ask({"request": "report"})["report"]["callbacks"] > 0
+        client.close()
+
+
+def test_ate_engine_cli_serves_until_interrupted(jack):
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import zmq
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    ate = str(Path(sys.executable).with_name("ate"))
+    env = dict(os.environ, JACK_DEFAULT_SERVER=jack.name, JACK_NO_START_SERVER="1")
+    proc = subprocess.Popen([ate, "engine", "--host-api", "JACK", "--block-frames", str(BLOCK), "--decks", "2",
+                             "--endpoint", f"tcp://127.0.0.1:{ports[0]}", "--pub", f"tcp://127.0.0.1:{ports[1]}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        ready = json.loads(proc.stdout.readline())
+        assert ready["endpoint"] == f"tcp://127.0.0.1:{ports[0]}" and ready["host_api"].startswith("JACK")
+        client = zmq.Context.instance().socket(zmq.REQ)
+        client.setsockopt(zmq.LINGER, 0)
+        client.setsockopt(zmq.RCVTIMEO, 30000)
+        client.connect(ready["endpoint"])
+        client.send(json.dumps({"v": 1, "id": 9, "request": "state"}).encode())
+        reply = json.loads(client.recv())
+        assert reply["ok"] and reply["id"] == 9 and len(reply["state"]["decks"]) == 2
+        client.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert "engine stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
