@@ -17,6 +17,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "stretch": ("engine.bench_stretch", "bench_stretch"),
     "engine": ("engine.bench_engine", "bench_engine"),
     "live": ("engine.output", "bench_live"),
+    "control": ("controllers.bench_control", "bench_control"),
 }
 """Benchmark name -> (module, function); modules import lazily (some load torch)."""
 

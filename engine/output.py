@@ -50,7 +50,7 @@ from time import perf_counter, thread_time
 import numba
 import numpy as np
 
-from engine.core import Engine
+from engine.core import Engine, block_peak
 
 __all__ = ["AudioOutput", "warm_up", "find_device", "rescan_devices", "play_commands", "JackDummyServer",
            "bench_live", "XRUN_FLAGS", "COST_HISTORY"]
@@ -122,6 +122,8 @@ class AudioOutput:
         self.first_error: str | None = None
         self.xruns = {name: 0 for name in _STATUS_FLAGS}
         self._costs = np.zeros(COST_HISTORY, np.float64)
+        self._starts = np.zeros(COST_HISTORY, np.float64)   # perf_counter() at each callback's start
+        self._peaks = np.zeros(COST_HISTORY, np.float64)    # peak of each callback's output
         self._cpu = np.zeros(COST_HISTORY, np.float64)
         self._cost_mask = COST_HISTORY - 1
         n_capture = int(round(capture_seconds * self.sample_rate))
@@ -166,6 +168,8 @@ class AudioOutput:
         n = self.callbacks
         self._cpu[n & self._cost_mask] = thread_time() - c0
         self._costs[n & self._cost_mask] = perf_counter() - t0
+        self._starts[n & self._cost_mask] = t0
+        self._peaks[n & self._cost_mask] = block_peak(outdata, frames)
         self.callbacks = n + 1
 
     # ------------------------------------------------------------------ control
@@ -218,6 +222,15 @@ class AudioOutput:
         first = max(since, n - COST_HISTORY, 0)
         idx = np.arange(first, n) & self._cost_mask
         return ring[idx]
+
+    def peaks_since(self, since: int = 0) -> np.ndarray:
+        """Peak sample of each callback's output (callbacks ``since`` on, within the last :data:`COST_HISTORY`)."""
+        return self._ring(self._peaks, since)
+
+    def starts_s(self, since: int = 0) -> np.ndarray:
+        """``time.perf_counter()`` at the start of each callback (of callbacks ``since`` on, within the last
+        :data:`COST_HISTORY`), seconds: with the ``latency_s`` of :meth:`report` it tells when a block was heard."""
+        return self._ring(self._starts, since)
 
     def costs_s(self, since: int = 0) -> np.ndarray:
         """Per-callback costs (of callbacks ``since`` on, within the last :data:`COST_HISTORY`), seconds."""
