@@ -32,13 +32,19 @@ def _stats_ms(x: list[float]) -> dict:
             "max": round(float(a.max()), 4), "n": int(len(a))}
 
 
-def _round_trips(endpoint: str, payloads: list[bytes], n: int) -> list[float]:
+def _req(endpoint: str):
+    """A REQ client connected to ``endpoint`` (10 s receive timeout, no linger)."""
     import zmq
 
     sock = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 10000)
     sock.connect(endpoint)
+    return sock
+
+
+def _round_trips(endpoint: str, payloads: list[bytes], n: int) -> list[float]:
+    sock = _req(endpoint)
     times = []
     for i in range(n):
         t0 = time.perf_counter()
@@ -125,12 +131,7 @@ def bench_control(quick: bool = False) -> dict:
 
 def _command_to_audio(endpoint: str, engine, output, n: int, latency_s: float) -> list[float]:
     """Send ``volume 1`` to the muted, playing deck 0; time until its first audible block is heard."""
-    import zmq
-
-    sock = zmq.Context.instance().socket(zmq.REQ)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 10000)
-    sock.connect(endpoint)
+    sock = _req(endpoint)
     results = []
     for _ in range(n):
         since = output.callbacks
