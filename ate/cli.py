@@ -326,7 +326,7 @@ def _cmd_play(args: argparse.Namespace) -> int:
 
     try:
         script = load_script(args.script or default_script_path())
-        seconds = args.seconds or script.duration_s()
+        seconds = args.seconds or script.render_length_s()
         device = args.device
         if args.host_api or (device is not None and not device.isdigit()):
             device = find_device(host_api=args.host_api, name=device)

@@ -24,7 +24,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["Command", "CommandError", "parse_command", "DECK_PARAMS", "GLOBAL_PARAMS", "COMMANDS",
+from prep.stems import STEM_NAMES
+
+__all__ = ["Command", "CommandError", "parse_command", "parse_at", "DECK_PARAMS", "GLOBAL_PARAMS", "COMMANDS",
            "LOOP_BEATS", "PITCH_RANGES", "HOT_CUES"]
 
 
@@ -101,7 +103,6 @@ _REQUIRED = {
     "xfader_side": ("side",), "set": ("param", "value"), "bass_swap": ("from_deck", "to_deck"),
     "crossfader_curve": ("curve",), "quantize": ("on",),
 }
-_STEM_NAMES = ("drums", "bass", "vocals", "other")
 _SIDES = ("A", "B", "thru")
 
 
@@ -221,21 +222,28 @@ def parse_command(message: object, n_decks: int = 4, sample_rate: int = 44100) -
                 raise CommandError(f"{what} must be a power of two from 1/32 to 32 beats, got {value!r}")
             args[arg] = x
         elif kind == "stem":
-            if value not in _STEM_NAMES:
-                raise CommandError(f"{what} must be one of {', '.join(_STEM_NAMES)}, got {value!r}")
+            if value not in STEM_NAMES:
+                raise CommandError(f"{what} must be one of {', '.join(STEM_NAMES)}, got {value!r}")
             args[arg] = value
         elif kind == "time":
             ramp_kind, ramp_value = _time(value, what, sample_rate)
             if ramp_value < 0:
                 raise CommandError(f"{what} must not be negative, got {value!r}")
     _check_values(name, deck, args, n_decks)
-    at_kind, at_value = "now", 0.0
-    if message.get("at") is not None:
-        kind, at_value = _time(message["at"], f"{name}.at", sample_rate)
-        at_kind = "beat" if kind == "beats" else "frame"
-        if at_kind == "frame" and at_value < 0:
-            raise CommandError(f"{name}.at must not be negative, got {message['at']!r}")
+    at_kind, at_value = parse_at(message.get("at"), sample_rate, f"{name}.at")
     return Command(name, deck, args, at_kind, at_value, ramp_kind, ramp_value)
+
+
+def parse_at(at: object, sample_rate: int = 44100, what: str = "at") -> tuple[str, float]:
+    """A command's ``at``: ``("now", 0.0)`` for None, else ``("frame", output frame)`` or ``("beat", master beat)``."""
+    if at is None:
+        return "now", 0.0
+    kind, value = _time(at, what, sample_rate)
+    if kind == "beats":
+        return "beat", value
+    if value < 0:
+        raise CommandError(f"{what} must not be negative, got {at!r}")
+    return "frame", value
 
 
 def _check_values(name: str, deck: int, args: dict, n_decks: int) -> None:
@@ -260,7 +268,7 @@ def _check_values(name: str, deck: int, args: dict, n_decks: int) -> None:
         table = DECK_PARAMS if deck >= 0 else GLOBAL_PARAMS
         base, _, stem = param.partition(".")
         if deck >= 0 and base == "stem":
-            if stem not in _STEM_NAMES:
+            if stem not in STEM_NAMES:
                 raise CommandError(f"set: stem parameter must be stem.drums|bass|vocals|other, got {param!r}")
         elif stem or param not in table:
             where = "deck" if deck >= 0 else "engine-wide (no deck given)"

@@ -51,7 +51,7 @@ import threading
 import numba
 import numpy as np
 
-from engine.commands import GLOBAL_PARAMS, PITCH_RANGES, Command, CommandError, parse_command
+from engine.commands import GLOBAL_PARAMS, PITCH_RANGES, Command, CommandError, parse_at, parse_command
 from engine.deck import FADE_FRAMES, STEM_INDEX, Deck
 from engine.dsp import Limiter, crossfader_gains, db_to_gain, gain_ramp_block
 from engine.track import DeckTrack, TrackLoadError, load_track
@@ -188,8 +188,8 @@ class Engine:
         """Put an already loaded track on ``deck`` (in-process API: tests, automix)."""
         if not 0 <= deck < self.n_decks:
             raise CommandError(f"load: deck must be 0..{self.n_decks - 1}, got {deck}")
-        probe = parse_command({"cmd": "eject", "deck": deck, "at": at}, self.n_decks, self.sample_rate)
-        self._queue.append(Command("load", deck, {"track": track}, probe.at_kind, probe.at_value))
+        at_kind, at_value = parse_at(at, self.sample_rate, "load.at")
+        self._queue.append(Command("load", deck, {"track": track}, at_kind, at_value))
         self.collect_garbage()
 
     def collect_garbage(self) -> int:

@@ -39,12 +39,13 @@ from engine.dsp import MAX_EQ_DB, DjEq, DjFilter, db_to_gain, eq_block, filter_b
 from engine.grid import beat_at, frames_per_beat, position_at
 from engine.stretch import Stretcher, stretch_block_int16
 from engine.track import REFERENCE_LUFS, DeckTrack
+from prep.stems import STEM_NAMES
 
 __all__ = ["Deck", "mix_stems", "STEM_INDEX", "FADE_FRAMES"]
 
 _JIT = dict(nogil=True, cache=True)
 
-STEM_INDEX = {"drums": 0, "bass": 1, "vocals": 2, "other": 3}
+STEM_INDEX = {name: i for i, name in enumerate(STEM_NAMES)}
 _STEM_KEYS = tuple(("stem." + name, "switch." + name) for name in STEM_INDEX)   # parameter names, per stem
 FADE_FRAMES = 128
 """Length of the play/pause fade and of the shortest gain change, frames (2.9 ms at 44.1 kHz)."""

@@ -403,7 +403,8 @@ _LF_RELEASED = 0   # output of the release stage
 _LF_SUM = 1        # running sum of the box average
 _LF_IPEAK = 2      # interpolated peak of the interval before the frame being estimated
 _LF_GAIN = 3       # last gain applied
-_LF_SIZE = 4
+_LF_BOUND = 4      # largest sum of |taps| of an interpolator phase (an estimate is at most this times the input)
+_LF_SIZE = 5
 _LI_T = 0          # input frames seen
 _LI_MIN_POS = 1    # ring slot of the sliding-minimum window
 _LI_AVG_POS = 2    # ring slot of the box average
@@ -443,12 +444,7 @@ def limiter_block(block, n_frames, hist, req, avg, fir, f, i, ceiling, ceiling32
     # When every sample the block's interpolations read is below ceiling / (largest sum of |taps| of a
     # phase), no estimate can reach the ceiling: the interpolator runs only for the last frame, whose
     # value the next block needs. Exact, and the common case for music under the ceiling.
-    bound = 0.0
-    for j in range(n_phase):
-        s_abs = 0.0
-        for m in range(2 * half):
-            s_abs += abs(fir[j, m])
-        bound = max(bound, s_abs)
+    bound = f[_LF_BOUND]
     loudest = 0.0
     for k in range(t - 2 * half + 1, t):
         loudest = max(loudest, abs(hist[k & mask, 0]), abs(hist[k & mask, 1]))
@@ -583,6 +579,7 @@ class Limiter:
         self.f[_LF_RELEASED] = 1.0
         self.f[_LF_SUM] = float(self.attack_frames + 1)
         self.f[_LF_GAIN] = 1.0
+        self.f[_LF_BOUND] = float(np.abs(self.fir).sum(axis=1).max())
         self.i[:] = 0
 
     @property

@@ -92,7 +92,7 @@ class Script:
     tail_seconds: float = DEFAULT_TAIL_S
     title: str = ""
 
-    def duration_s(self, master_bpm: float | None = None) -> float:
+    def render_length_s(self, master_bpm: float | None = None) -> float:
         """Render length, seconds: ``seconds``, or the end of the last command plus ``tail_seconds``.
 
         Parameters
@@ -354,7 +354,7 @@ def render_script(script: Script, progress: Callable[[float], None] | None = Non
             track_bpms[msg["deck"]] = reply["track"]["bpm"]
     load_s = time.perf_counter() - t0
     if seconds is None:
-        seconds = script.duration_s(estimate_master_bpm(script, track_bpms))
+        seconds = script.render_length_s(estimate_master_bpm(script, track_bpms))
     if not 0.0 < seconds <= _MAX_SECONDS:
         raise _fail(script.path, "seconds", f"render length must be within 0..{_MAX_SECONDS:g} s, got {seconds!r}")
     n_frames = int(round(seconds * sr))

@@ -920,42 +920,31 @@ def _ensure_pv(source, smask, slen, fi, ff, rate, hs, until_u, pv, det, flux_thr
 
 
 @numba.njit(**_JIT)
-def _lead(fi, ff, hs, pv):
-    """Vocoder output frames already complete past the next output frame; -1 when no vocoder runs."""
+def _prefetch(source, smask, slen, fi, ff, hs, pv, det, params):
     if fi[_I_MODE] < 1 or fi[_I_RESET] == 1 or fi[_I_FRAMES] == 0:
-        return -1.0
-    half = pv[0].shape[0] // 2
-    return fi[_I_S_LAST] + hs - half - ff[_F_U]
-
-
-@numba.njit(**_JIT)
-def _prefetch(source, smask, slen, fi, ff, hs, pv, det, params, lead_frames):
-    if fi[_I_MODE] < 1 or fi[_I_RESET] == 1 or fi[_I_FRAMES] == 0:
-        return False
-    if _lead(fi, ff, hs, pv) >= lead_frames:
-        return False
+        return False     # no vocoder running (or a restart pending): nothing to compute ahead
     flux_thresh_db, phase_lock, transients, zeros, hermite = params
     _pv_frame(source, smask, slen, fi, ff, ff[_F_RATE], hs, pv, det, flux_thresh_db, phase_lock, transients)
     return True
 
 
 @numba.njit(**_JIT)
-def prefetch_block(state, source, lead_frames):
-    """Compute the next vocoder frame now if less than ``lead_frames`` of output are ready (float32 stems).
+def prefetch_block(state, source):
+    """Compute the next vocoder frame now, ahead of need (float32 stems); returns whether it did.
 
     Lets the engine spread the decks' frame computations over blocks instead of letting every deck's
-    hop fall in the same block; returns whether a frame was computed.
+    hop fall in the same block (see :meth:`Stretcher.prefetch`).
     """
     fi, ff, hs, pv, det, rs, params, xfade, positions, stage, stage_valid, stage_reach = state
-    return _prefetch(source, 0, source.shape[1], fi, ff, hs, pv, det, params, lead_frames)
+    return _prefetch(source, 0, source.shape[1], fi, ff, hs, pv, det, params)
 
 
 @numba.njit(**_JIT)
-def prefetch_block_int16(state, source, lead_frames):
+def prefetch_block_int16(state, source):
     """:func:`prefetch_block` for int16 stems: reads the staging ring the last block filled."""
     fi, ff, hs, pv, det, rs, params, xfade, positions, stage, stage_valid, stage_reach = state
     ring = stage[stage_reach[2]]
-    return _prefetch(ring, ring.shape[1] - 1, _UNBOUNDED, fi, ff, hs, pv, det, params, lead_frames)
+    return _prefetch(ring, ring.shape[1] - 1, _UNBOUNDED, fi, ff, hs, pv, det, params)
 
 
 @numba.njit(**_JIT)
@@ -1428,7 +1417,7 @@ class Stretcher:
     @property
     def lead_frames(self) -> float:
         """Output frames the vocoder has ready beyond the next output frame (-1: vocoder not running)."""
-        # :func:`_lead` in Python: the engine asks every block, and a kernel call costs more than this.
+        # In Python, not a kernel: the engine asks for every deck every block, and a call costs more.
         i = self._i
         if i[_I_MODE] < 1 or i[_I_RESET] == 1 or i[_I_FRAMES] == 0:
             return -1.0
@@ -1441,11 +1430,14 @@ class Stretcher:
         least ahead, a bounded number of times per block, so that the decks' frame computations (the
         expensive part, one per hop) fall in different blocks instead of piling up in one.
         """
+        lead = self.lead_frames
+        if lead < 0.0 or lead >= lead_frames:
+            return False
         if source.dtype == np.float32:
-            return bool(prefetch_block(self.state, source, float(lead_frames)))
+            return bool(prefetch_block(self.state, source))
         if source is not self._stage_source:
             return False
-        return bool(prefetch_block_int16(self.state, source, float(lead_frames)))
+        return bool(prefetch_block_int16(self.state, source))
 
     @property
     def position_frames(self) -> float:

@@ -126,14 +126,14 @@ def test_default_length_is_last_command_plus_tail(tmp_path):
     script = load_script(path)
     assert script.seconds is None
     # The synced deck leads at 100 BPM: beat 10 + 5 beats of ramp = 9 s, plus the 2 s tail.
-    assert script.duration_s() == pytest.approx(11.0)
+    assert script.render_length_s() == pytest.approx(11.0)
 
 
 def test_builtin_demo_script_loads():
     script = load_script(default_script_path())
     names = {c["cmd"] for c in script.commands}
     assert {"load", "sync", "play", "bass_swap", "loop", "set"} <= names
-    assert 60.0 <= script.duration_s() <= 90.0
+    assert 60.0 <= script.render_length_s() <= 90.0
 
 
 BAD = {
