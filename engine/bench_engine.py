@@ -51,8 +51,8 @@ import numpy as np
 
 from prep.audio import SAMPLE_RATE
 
-__all__ = ["bench_engine", "build_engine", "time_engine", "engine_breakdown", "deck_memory", "rubberband_costs",
-           "make_tracks", "TEMPOS_BPM", "BLOCK_SIZES", "TARGET_REALTIME_FACTOR", "TARGET_DECK_MEMORY_BYTES"]
+__all__ = ["bench_engine", "build_engine", "time_engine", "engine_breakdown", "event_costs", "deck_memory",
+           "rubberband_costs", "make_tracks", "TEMPOS_BPM", "BLOCK_SIZES", "TARGET_REALTIME_FACTOR", "TARGET_DECK_MEMORY_BYTES"]
 
 TEMPOS_BPM = (124.0, 120.0, 126.0, 128.0)
 """Tempo of each deck's track; deck 0 leads the sync."""
@@ -308,6 +308,48 @@ def engine_breakdown(tracks: list, block_frames: int = 128, audio_s: float = 3.0
     }
 
 
+def event_costs(tracks: list, block_frames: int = 128, blocks: int = 1000, seeks: int = 30) -> dict:
+    """Cost of transport events on one keylocked deck (ratio 1.03): CPU ms per block while it just plays,
+    during a 1/4-beat loop roll (a turn of the loop every 5300 frames), and of the block after a seek
+    (a keylock restart: the frames around the new place computed at once)."""
+    from engine.core import Engine
+
+    engine = Engine(n_decks=1)
+    engine.load(0, tracks[0])
+    for message in ({"cmd": "set", "deck": 0, "param": "pitch", "value": 0.03}, {"cmd": "play", "deck": 0}):
+        engine.send(message)
+    out = np.zeros((block_frames, 2), np.float32)
+    block_s = block_frames / SAMPLE_RATE
+
+    def run(n: int) -> np.ndarray:
+        costs = np.zeros(n)
+        for i in range(n):
+            t0 = time.process_time()
+            engine.process(out)
+            costs[i] = time.process_time() - t0
+        return costs
+
+    gc.disable()
+    try:
+        run(int(_WARMUP_S * SAMPLE_RATE / block_frames))
+        plain = run(blocks)
+        engine.send({"cmd": "loop_roll", "deck": 0, "beats": 0.25})
+        run(2)                                   # the roll's one restart
+        roll = run(blocks)
+        engine.send({"cmd": "loop_roll_release", "deck": 0})
+        run(20)
+        restart = np.zeros(seeks)
+        for k in range(seeks):
+            engine.send({"cmd": "seek", "deck": 0, "seconds": 2.0 + 0.37 * k})
+            restart[k] = run(1)[0]
+            run(20)
+    finally:
+        gc.enable()
+    return {"block_frames": block_frames, "clock": "process CPU time",
+            "playing": _stats_ms(plain, block_s), "loop_roll_quarter_beat": _stats_ms(roll, block_s),
+            "block_after_seek": _stats_ms(restart, block_s)}
+
+
 # --------------------------------------------------------------------------- memory
 
 
@@ -484,7 +526,8 @@ def bench_engine(quick: bool = False) -> dict:
     -------
     dict
         JSON-ready: ``setup``, ``ate`` (per block size and the vinyl / one-deck runs at 128),
-        ``breakdown`` (128-frame block by stage), ``memory`` (per deck, RSS on load),
+        ``breakdown`` (128-frame block by stage), ``events`` (one deck: playing, a loop roll, the block
+        after a seek), ``memory`` (per deck, RSS on load),
         ``rubberband`` (R2 / R3 per block size, or why it could not run), ``ratios`` (ATE / R2 and
         ATE / R3 per block size), ``meets_target``, ``notes``.
     """
@@ -520,6 +563,7 @@ def bench_engine(quick: bool = False) -> dict:
                 "vinyl_saving_mean_ms": round(four - ate["128_vinyl"]["cpu"]["mean_ms"], 4),
                 "block_ms": ate["128"]["block_ms"]}
     breakdown = engine_breakdown(tracks, 128, ate_s if quick else 8.0)
+    events = event_costs(tracks, blocks=300 if quick else 1000, seeks=10 if quick else 30)
 
     rubberband: dict = {}
     compare: dict = {}
@@ -548,6 +592,7 @@ def bench_engine(quick: bool = False) -> dict:
         "ate": ate,
         "per_deck": per_deck,
         "breakdown": breakdown,
+        "events": events,
         "memory": memory,
         "rubberband": rubberband,
         "ratios": compare,

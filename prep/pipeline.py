@@ -277,6 +277,30 @@ _separation: _Separation | None = None
 _separator = None
 
 
+def _analyse_a_click_track() -> None:
+    """Analyse 8 s of clicks and a tone: compiles (or loads) every numba cache the analysis uses."""
+    t = np.arange(8 * SAMPLE_RATE) / SAMPLE_RATE
+    y = 0.1 * np.sin(2 * np.pi * 220.0 * t)
+    y[:: SAMPLE_RATE // 2] += 0.9
+    analyze_audio(np.repeat(y[:, None], 2, axis=1).astype(np.float32))
+
+
+def _compile_caches_once() -> None:
+    """Fill numba's on-disk caches from one process before several workers start.
+
+    Workers that compile the same ``@guvectorize(cache=True)`` function at once (librosa's beat
+    tracker and peak pickers) can leave a mismatched pair of cache files behind, and every later
+    process that loads them crashes (numba issue 10128). Done in a process of its own, so a cache
+    already damaged costs a warning here rather than the run.
+    """
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pool.submit(_analyse_a_click_track).result()
+    except BrokenProcessPool:
+        print("WARNING: the analysis crashed on a test signal: numba's cache may be damaged; deleting the "
+              "*.nbi / *.nbc files under librosa's and ATE's __pycache__ folders lets it rebuild", file=sys.stderr)
+
+
 def _init_worker(known: frozenset[str], separation: _Separation | None = None) -> None:
     global _known_hashes, _separation, _separator
     _known_hashes = known
@@ -447,6 +471,7 @@ class _Runner:
             _known_hashes, _separation, _separator = saved
 
     def _run_pool(self) -> Iterator[_Outcome]:
+        _compile_caches_once()
         isolate: list[_Job] = []
         while self.queue:
             crashed = yield from self._pool_round(self.workers)

@@ -120,3 +120,10 @@ def test_target_is_reported_honestly(result):
     assert target["realtime_factor_cpu"] == result["ate"]["128"]["realtime_factor_cpu"]
     assert result["meets_target"] == (target["realtime_factor_cpu"] >= TARGET_REALTIME_FACTOR)
     assert any("13143" in note for note in result["notes"])
+
+
+def test_event_costs_are_reported(result):
+    events = result["events"]
+    for name in ("playing", "loop_roll_quarter_beat", "block_after_seek"):
+        c = events[name]
+        assert 0.0 < c["median_ms"] <= c["p99_ms"] <= c["max_ms"]
