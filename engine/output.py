@@ -61,6 +61,10 @@ _STATUS_FLAGS = XRUN_FLAGS + ("priming_output",)
 COST_HISTORY = 1 << 18
 """Callbacks whose cost is kept (a ring): 12.7 minutes at 128 frames, 44.1 kHz."""
 
+XRUN_WINDOW_CALLBACKS = 2
+"""Callbacks before a flagged one that may have been the late one (PortAudio flags the next callback, or the
+one after when the late one overran by more than a period)."""
+
 
 @numba.njit(nogil=True, cache=True)
 def _copy_block(dst, pos, src):
@@ -253,7 +257,10 @@ class AudioOutput:
         host raises both ``output_underflow`` and ``input_overflow`` for one
         xrun), ``xruns_by_flag`` (count per flag), ``xrun_callbacks_at``
         (indices of the first 64 flagged callbacks; the flag arrives with
-        the callback *after* the late one),
+        the callback *after* the late one), ``xrun_cpu_ms`` (for each of
+        those, the largest CPU time of the audio thread in the flagged
+        callback and the two before it, ms: a cheap window means the thread
+        was held off, not that the engine's work was late),
         ``cost_ms`` and ``cost_fraction`` (median, p99, max of the callback's
         own duration, ms and as a fraction of one block's duration),
         ``cpu_ms`` (the same for the audio thread's CPU time in the callback:
@@ -272,18 +279,26 @@ class AudioOutput:
             a run); counters are always totals.
         """
         block_s = (self.block_frames or max(self.block_frames_max, 1)) / self.sample_rate
+        xrun_at = [int(i) for i in self._xrun_at[:min(self.xrun_callbacks, len(self._xrun_at))]]
         stats, cpu = _stats(self.costs_s(since)), _stats(self.cpu_s(since))
         return {**self._info, "sample_rate": self.sample_rate, "channels": self.channels,
                 "block_frames": self.block_frames, "block_frames_min": self.block_frames_min,
                 "block_frames_max": self.block_frames_max, "irregular_blocks": self.irregular_blocks,
                 "callbacks": self.callbacks, "frames": self.frames, "seconds": self.frames / self.sample_rate,
                 "xruns": self.xrun_callbacks, "xruns_by_flag": dict(self.xruns),
-                "xrun_callbacks_at": [int(i) for i in self._xrun_at[:min(self.xrun_callbacks, len(self._xrun_at))]],
+                "xrun_callbacks_at": xrun_at, "xrun_cpu_ms": [self._window_cpu_ms(i) for i in xrun_at],
                 "cost_ms": {k: round(v * 1e3, 4) for k, v in stats.items()},
                 "cost_fraction": {k: round(v / block_s, 4) for k, v in stats.items()},
                 "cpu_ms": {k: round(v * 1e3, 4) for k, v in cpu.items()},
                 "errors": self.errors, "first_error": self.first_error,
                 "commands_applied": self.engine.commands_applied, "active": self.active}
+
+
+    def _window_cpu_ms(self, callback: int, before: int = XRUN_WINDOW_CALLBACKS) -> float | None:
+        first = max(callback - before, self.callbacks - COST_HISTORY, 0)
+        if first > callback:
+            return None
+        return round(float(self._cpu[np.arange(first, callback + 1) & self._cost_mask].max()) * 1e3, 4)
 
 
 def _stats(x: np.ndarray) -> dict:
