@@ -301,7 +301,7 @@ def _cmd_engine(args: argparse.Namespace) -> int:
     try:
         proc = EngineProcess(n_decks=args.decks, channels=args.channels, device=args.device,
                              block_frames=args.block_frames, latency=args.latency, host_api=args.host_api,
-                             endpoint=args.endpoint, pub_endpoint=args.pub)
+                             endpoint=args.endpoint, pub_endpoint=args.pub, curve_dir=args.curve)
     except (EngineProcessError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -317,6 +317,18 @@ def _cmd_engine(args: argparse.Namespace) -> int:
     proc.close()
     final = proc.final_report or {}
     print(f"engine stopped: {final.get('seconds', 0):.1f} s played, {final.get('xruns', 0)} xruns", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from controllers.keys import make_keys
+
+    try:
+        made = make_keys(args.directory, args.client or ["client"])
+    except (OSError, ValueError) as err:
+        print(f"error: {args.directory}: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    print(json.dumps(made, indent=2))
     return EXIT_OK
 
 
@@ -451,8 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("engine", help="run the engine in its own process, served over ZeroMQ (docs/protocol.md)")
-    p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="commands (ROUTER), loopback only")
-    p.add_argument("--pub", default="tcp://127.0.0.1:5556", help="state and beat stream (PUB), loopback only")
+    p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="commands (ROUTER); loopback unless --curve")
+    p.add_argument("--pub", default="tcp://127.0.0.1:5556", help="state and beat stream (PUB); loopback unless --curve")
+    p.add_argument("--curve", default=None, metavar="DIR",
+                   help="serve with CURVE keys made by `ate keys DIR` (needed for a non-loopback address)")
     p.add_argument("--decks", type=int, default=4, help="number of decks (4)")
     p.add_argument("--channels", type=int, choices=(2, 4), default=2, help="2, or 4 for a headphone cue on 3-4")
     p.add_argument("--device", default=None, help="output device: index or part of its name (default: PortAudio's)")
@@ -461,6 +475,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency", default=None, type=_latency_arg,
                    help="suggested output latency: seconds, or low/high (PortAudio's choice)")
     p.set_defaults(func=_cmd_engine)
+
+    p = sub.add_parser("keys", help="make CURVE keys for serving the engine beyond loopback (docs/protocol.md)")
+    p.add_argument("directory", help="folder for the keys (server keys are made once, then kept)")
+    p.add_argument("--client", action="append", metavar="NAME", help="a client to allow (repeatable; default: client)")
+    p.set_defaults(func=_cmd_keys)
 
     p = sub.add_parser("play", help="play a timed command script live on an audio device")
     p.add_argument("script", nargs="?", default=None, metavar="SCRIPT",

@@ -8,7 +8,10 @@ ZeroMQ message whose last frame is a UTF-8 JSON object:
     {"v": 1, "id": 8, "request": "state"}                 a snapshot of the engine
 
 and gets exactly one reply, a JSON object with ``"ok"``, the echoed ``"id"``
-and ``"v"``, and ``"error"`` (one line) when it was refused. A message that is
+and ``"v"``, and ``"error"`` (one line) when it was refused. A request may
+also be a msgpack map (told apart by its first byte: a JSON object starts
+with ``{`` or white space, a msgpack map with 0x80-0x8f, 0xde or 0xdf); its
+reply is msgpack too. A message that is
 too long, not JSON, not an object, of another protocol version, or a command
 the engine rejects gets an error reply and leaves the engine as it was (the
 engine validates every command before it reaches the audio thread). REQ and
@@ -19,9 +22,10 @@ at :attr:`ProtocolServer.state_hz` and a ``beat`` event each time the master
 beat clock passes a whole beat; each message is two frames, the topic and the
 JSON body, so a subscriber can filter by topic.
 
-Binding is to loopback (``tcp://127.0.0.1``, ``tcp://[::1]``, ``ipc://``,
-``inproc://``) only: listening on another interface needs authentication,
-which this server does not do yet, so it refuses.
+Without keys, binding is to loopback (``tcp://127.0.0.1``, ``tcp://[::1]``,
+``ipc://``, ``inproc://``) only. With ``curve_dir`` (made by ``ate keys``, see
+:mod:`controllers.keys`) both sockets use CURVE and any interface is allowed:
+only clients whose public key is in ``curve_dir/clients`` get through.
 """
 
 from __future__ import annotations
@@ -30,11 +34,12 @@ import json
 import threading
 import time
 
+import msgpack
 import zmq
 
 from engine.process import handle_request
 
-__all__ = ["ProtocolServer", "PROTOCOL_VERSION", "MAX_MESSAGE_BYTES", "decode_request"]
+__all__ = ["ProtocolServer", "PROTOCOL_VERSION", "MAX_MESSAGE_BYTES", "decode_request", "is_msgpack"]
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -42,14 +47,23 @@ MAX_MESSAGE_BYTES = 64 * 1024
 _LOOPBACK = ("tcp://127.0.0.1:", "tcp://localhost:", "tcp://[::1]:", "ipc://", "inproc://")
 
 
+def is_msgpack(payload: bytes) -> bool:
+    """Whether a request frame is a msgpack map (a JSON text never starts with these bytes)."""
+    return bool(payload) and (0x80 <= payload[0] <= 0x8F or payload[0] in (0xDE, 0xDF))
+
+
 def decode_request(payload: bytes) -> tuple[dict | None, str]:
-    """Parse one request frame: ``(message, "")`` or ``(None, "why it was refused")``."""
+    """Parse one request frame (JSON or msgpack): ``(message, "")`` or ``(None, "why it was refused")``."""
     if len(payload) > MAX_MESSAGE_BYTES:
         return None, f"message of {len(payload)} bytes is longer than {MAX_MESSAGE_BYTES}"
     try:
-        message = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        return None, f"not UTF-8 JSON: {str(err).splitlines()[0][:200]}"
+        if is_msgpack(payload):
+            message = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        else:
+            message = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, msgpack.UnpackException) as err:
+        kind = "msgpack" if is_msgpack(payload) else "UTF-8 JSON"
+        return None, f"not {kind}: {str(err).splitlines()[0][:200] if str(err) else type(err).__name__}"
     if not isinstance(message, dict):
         return None, f"a request must be a JSON object, got {type(message).__name__}"
     version = message.pop("v", PROTOCOL_VERSION)
@@ -73,6 +87,9 @@ class ProtocolServer:
         Where the PUB binds.
     state_hz : float
         State messages per second on the PUB socket.
+    curve_dir : str or Path, optional
+        Keys made by ``ate keys`` (:mod:`controllers.keys`): serve with CURVE,
+        on any interface, to the clients whose keys are in ``curve_dir/clients``.
 
     Attributes
     ----------
@@ -83,11 +100,11 @@ class ProtocolServer:
     """
 
     def __init__(self, engine, output=None, endpoint: str = "tcp://127.0.0.1:5555",
-                 pub_endpoint: str = "tcp://127.0.0.1:5556", state_hz: float = 20.0):
+                 pub_endpoint: str = "tcp://127.0.0.1:5556", state_hz: float = 20.0, curve_dir=None):
         for address in (endpoint, pub_endpoint):
-            if not address.startswith(_LOOPBACK):
-                raise ValueError(f"{address}: only loopback addresses (tcp://127.0.0.1, tcp://[::1], ipc://) are "
-                                 f"served; another interface would need authentication, which is not supported yet")
+            if curve_dir is None and not address.startswith(_LOOPBACK):
+                raise ValueError(f"{address}: without keys only loopback addresses (tcp://127.0.0.1, tcp://[::1], "
+                                 f"ipc://) are served; make keys with `ate keys DIR` and serve with --curve DIR")
         self.engine = engine
         self.output = output
         self.state_hz = float(state_hz)
@@ -99,8 +116,14 @@ class ProtocolServer:
         for sock in (self._router, self._pub):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, 1000)
-        if endpoint.startswith("tcp://[::1]"):
-            self._router.setsockopt(zmq.IPV6, 1)
+        self._auth = None
+        if curve_dir is not None:
+            from controllers.keys import CurveAuth
+
+            self._auth = CurveAuth(self._context, curve_dir, [self._router, self._pub])
+        for sock, address in ((self._router, endpoint), (self._pub, pub_endpoint)):
+            if "[" in address:
+                sock.setsockopt(zmq.IPV6, 1)
         self._router.setsockopt(zmq.MAXMSGSIZE, 16 * MAX_MESSAGE_BYTES)
         self._router.bind(endpoint)
         self._pub.bind(pub_endpoint)
@@ -120,8 +143,9 @@ class ProtocolServer:
         reply["v"] = PROTOCOL_VERSION
         self.requests += 1
         self.errors += not reply.get("ok", False)
+        body = msgpack.packb(reply, default=str) if is_msgpack(payload) else json.dumps(reply, default=str).encode()
         # A client that went away is not an error: ROUTER drops replies to unknown peers.
-        self._router.send_multipart(envelope + [json.dumps(reply).encode()], zmq.NOBLOCK)
+        self._router.send_multipart(envelope + [body], zmq.NOBLOCK)
 
     def _publish(self, topic: bytes, body: dict) -> None:
         try:
@@ -163,6 +187,8 @@ class ProtocolServer:
         """Stop serving and close the sockets."""
         self._stop.set()
         self._thread.join(timeout=5.0)
+        if self._auth is not None:
+            self._auth.close()
 
     def __enter__(self) -> ProtocolServer:
         return self

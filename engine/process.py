@@ -122,7 +122,7 @@ def _child_main(conn, config: dict) -> None:
             from controllers.server import ProtocolServer
 
             server = ProtocolServer(engine, output, config["endpoint"], config["pub_endpoint"] or
-                                    config["endpoint"].rsplit(":", 1)[0] + ":*")
+                                    config["endpoint"].rsplit(":", 1)[0] + ":*", curve_dir=config["curve_dir"])
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
@@ -187,7 +187,10 @@ class EngineProcess:
         Longest wait for the child to be playing, seconds (warm-up included).
     endpoint, pub_endpoint : str, optional
         Serve the ZeroMQ protocol there from the child (:class:`controllers.server.ProtocolServer`:
-        commands on ``endpoint``, state and beats on ``pub_endpoint``); loopback only.
+        commands on ``endpoint``, state and beats on ``pub_endpoint``); loopback only without ``curve_dir``.
+    curve_dir : str, optional
+        CURVE keys made by ``ate keys`` (:mod:`controllers.keys`): serve encrypted, on any interface, to the
+        clients whose public keys are in ``curve_dir/clients``.
 
     Raises
     ------
@@ -203,9 +206,10 @@ class EngineProcess:
 
     def __init__(self, n_decks: int = 4, channels: int = 2, device: int | str | None = None, block_frames: int = 256,
                  latency: float | str | None = None, host_api: str | None = None, start_timeout_s: float = 120.0,
-                 endpoint: str | None = None, pub_endpoint: str | None = None):
+                 endpoint: str | None = None, pub_endpoint: str | None = None, curve_dir: str | None = None):
         config = {"n_decks": n_decks, "channels": channels, "device": device, "block_frames": block_frames,
-                  "latency": latency, "host_api": host_api, "endpoint": endpoint, "pub_endpoint": pub_endpoint}
+                  "latency": latency, "host_api": host_api, "endpoint": endpoint, "pub_endpoint": pub_endpoint,
+                  "curve_dir": None if curve_dir is None else str(curve_dir)}
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         self._lock = threading.Lock()

@@ -7,11 +7,12 @@ import random
 import threading
 import time
 
+import msgpack
 import numpy as np
 import pytest
 import zmq
 
-from controllers.server import MAX_MESSAGE_BYTES, ProtocolServer
+from controllers.server import MAX_MESSAGE_BYTES, ProtocolServer, is_msgpack
 from engine.core import Engine
 from engine.track import load_track
 
@@ -34,7 +35,8 @@ def _client(endpoint: str, kind: int = zmq.REQ) -> zmq.Socket:
 
 def _ask(sock: zmq.Socket, payload) -> dict:
     sock.send(payload if isinstance(payload, bytes) else json.dumps(payload).encode())
-    return json.loads(sock.recv())
+    reply = sock.recv()
+    return msgpack.unpackb(reply) if is_msgpack(reply) else json.loads(reply)
 
 
 def _playing_engine(track) -> Engine:
@@ -84,7 +86,7 @@ def _fuzz_messages(rng: random.Random, n: int) -> list[bytes]:
              {"cmd": "play", "deck": 1}, {"cmd": "bass_swap", "from_deck": 0, "to_deck": 1}]
     out = []
     for i in range(n):
-        kind = i % 6
+        kind = i % 7
         base = dict(rng.choice(valid))
         if kind == 0:
             out.append(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))))
@@ -100,8 +102,12 @@ def _fuzz_messages(rng: random.Random, n: int) -> list[bytes]:
             key = rng.choice([k for k in base if k != "cmd"] or ["deck"])
             base[key] = rng.choice([[], {}, "loud", float("1e400"), 1e9, None])      # wrong type / range
             out.append(json.dumps(base).encode())
-        else:
+        elif kind == 5:
             out.append(json.dumps({"v": rng.choice([0, 2, "1", None]), **base}).encode())   # wrong version
+        else:
+            base["deck"] = rng.choice([7, -1, "0", None, 1.5, True, b"\x00"])              # msgpack, bad deck
+            packed = msgpack.packb(base)
+            out.append(packed[: rng.randrange(1, len(packed) + 1)])                          # maybe truncated
     return out
 
 
@@ -172,3 +178,78 @@ def test_pub_stream_sends_state_and_beats(track):
 def test_only_loopback_is_served():
     with pytest.raises(ValueError, match="only loopback"):
         ProtocolServer(Engine(n_decks=1), endpoint="tcp://0.0.0.0:*", pub_endpoint="tcp://127.0.0.1:*")
+
+
+def test_msgpack_requests_get_msgpack_replies(track):
+    import msgpack
+
+    engine = Engine(n_decks=2)
+    with ProtocolServer(engine, endpoint="tcp://127.0.0.1:*", pub_endpoint="tcp://127.0.0.1:*") as server:
+        client = _client(server.endpoint)
+        client.send(msgpack.packb({"v": 1, "id": 5, "cmd": "set", "deck": 0, "param": "eq_low_db", "value": -6.0}))
+        reply = msgpack.unpackb(client.recv())
+        assert reply == {"ok": True, "id": 5, "v": 1} or (reply["ok"] and reply["id"] == 5)
+        engine.render(256)
+        assert engine.decks[0].params["eq_low_db"] == -6.0
+        client.send(b"\x82\xa1v")                 # a map of two entries, cut short
+        reply = msgpack.unpackb(client.recv())
+        assert reply["ok"] is False and reply["error"].startswith("not msgpack")
+        client.close()
+
+
+def test_engine_client_posts_requests_and_follows_state(track):
+    from controllers.client import EngineClient, EngineClientError
+
+    engine = _playing_engine(track)
+    with ProtocolServer(engine, endpoint="tcp://127.0.0.1:*", pub_endpoint="tcp://127.0.0.1:*",
+                        state_hz=50.0) as server, EngineClient(server.endpoint, server.pub_endpoint) as client:
+        assert client.request({"cmd": "set", "deck": 0, "param": "volume", "value": 0.5})["ok"]
+        client.post({"cmd": "set", "deck": 0, "param": "volume", "value": 7.0})     # out of range
+        client.post({"cmd": "set", "deck": 0, "param": "gain_db", "value": -3.0})
+        beats: list = []
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and not (beats and client.errors and client.state):
+            engine.render(SR // 10)
+            beats += client.poll(0.02)
+        assert beats and beats[-1]["beat"] >= 1
+        assert client.state["decks"][0]["params"]["gain_db"] == -3.0
+        assert client.state["decks"][0]["params"]["volume"] == 0.5
+        assert "volume" in client.errors[0]["error"]
+    with EngineClient("tcp://127.0.0.1:1", None, timeout_s=0.2) as nobody:
+        with pytest.raises(EngineClientError, match="no reply"):
+            nobody.request({"request": "state"})
+
+
+def test_curve_serves_other_interfaces_to_known_keys_only(tmp_path, track):
+    from controllers.client import EngineClient, EngineClientError
+    from controllers.keys import make_keys
+
+    made = make_keys(tmp_path / "keys", ["tui"])
+    engine = _playing_engine(track)
+    with ProtocolServer(engine, endpoint="tcp://0.0.0.0:*", pub_endpoint="tcp://0.0.0.0:*",
+                        curve_dir=tmp_path / "keys", state_hz=50.0) as server:
+        port = server.endpoint.rsplit(":", 1)[1]
+        pub_port = server.pub_endpoint.rsplit(":", 1)[1]
+        address, pub_address = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{pub_port}"
+        with EngineClient(address, pub_address, server_key=made["server_key"],
+                          client_cert=made["clients"]["tui"]) as allowed:
+            reply = allowed.request({"cmd": "set", "deck": 0, "param": "eq_mid_db", "value": -4.0})
+            assert reply["ok"]
+            deadline = time.monotonic() + 10.0
+            while time.monotonic() < deadline and allowed.state is None:
+                engine.render(SR // 20)
+                allowed.poll(0.02)
+            assert allowed.state is not None
+        # A stranger's key, and a plain (unencrypted) client, get nothing at all.
+        with EngineClient(address, None, server_key=made["server_key"], timeout_s=1.0) as stranger:
+            with pytest.raises(EngineClientError):
+                stranger.request({"cmd": "set", "deck": 0, "param": "eq_mid_db", "value": -80.0})
+        with EngineClient(address, None, timeout_s=1.0) as plain:
+            with pytest.raises(EngineClientError):
+                plain.request({"cmd": "set", "deck": 0, "param": "eq_mid_db", "value": -80.0})
+        engine.render(256)
+        assert engine.decks[0].params["eq_mid_db"] == -4.0
+    # Keys are kept: a second client joins without replacing the server's.
+    again = make_keys(tmp_path / "keys", ["midi"])
+    assert open(again["server_secret"]).read() == open(made["server_secret"]).read()
+    assert sorted(p.name for p in (tmp_path / "keys" / "clients").iterdir()) == ["midi.key", "tui.key"]
