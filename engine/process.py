@@ -70,7 +70,10 @@ def handle_request(engine, output, message: object) -> dict:
         :meth:`Engine.send <engine.core.Engine.send>`), ``{"request": "state"}``
         (reply ``{"ok": true, "state": engine.state()}``) or
         ``{"request": "report", "since": N}`` (reply ``{"ok": true, "report": output.report(N)}``;
-        ``since``, optional: cost statistics from callback ``N`` on).
+        ``since``, optional: cost statistics from callback ``N`` on), or
+        ``{"request": "track", "deck": D}`` (reply ``{"ok": true, "deck": D, "track": {...}}``: the
+        summary, ``beats_s``/``downbeats_s``/``phrases_s``/``cue_s`` and ``waveform`` (per stem, peak
+        per ``1 / waveform_rate_hz`` seconds, 0-255), or ``null`` for an empty deck).
         An ``"id"`` is echoed in the reply.
 
     Returns
@@ -83,13 +86,15 @@ def handle_request(engine, output, message: object) -> dict:
             kind = message["request"]
             if kind == "state":
                 reply = {"ok": True, "state": engine.state()}
+            elif kind == "track":
+                reply = _track_reply(engine, message)
             elif kind == "report":
                 if output is None:
                     reply = {"ok": False, "error": "report: no audio output"}
                 else:
                     reply = {"ok": True, "report": output.report(int(message.get("since", 0)))}
             else:
-                reply = {"ok": False, "error": f"unknown request {kind!r}; known: state, report"}
+                reply = {"ok": False, "error": f"unknown request {kind!r}; known: state, track, report"}
             if "id" in message:
                 reply["id"] = message["id"]
             return reply
@@ -99,6 +104,22 @@ def handle_request(engine, output, message: object) -> dict:
         if isinstance(message, dict) and "id" in message:
             reply["id"] = message["id"]
         return reply
+
+
+def _track_reply(engine, message: dict) -> dict:
+    """``{"request": "track", "deck": D}``: the loaded track's summary, grid and per-stem waveform."""
+    deck = message.get("deck")
+    if isinstance(deck, bool) or not isinstance(deck, int) or not 0 <= deck < len(engine.decks):
+        return {"ok": False, "error": f"track: deck must be 0..{len(engine.decks) - 1}, got {deck!r}"}
+    track = engine.decks[deck].track
+    if track is None:
+        return {"ok": True, "deck": deck, "track": None}
+    from engine.track import WAVEFORM_RATE_HZ
+
+    peaks = track.waveform()
+    return {"ok": True, "deck": deck,
+            "track": {**track.summary(), **track.grid(), "waveform_rate_hz": WAVEFORM_RATE_HZ,
+                      "waveform": {name: peaks[i].tolist() for i, name in enumerate(track.stem_names)}}}
 
 
 def _child_main(conn, config: dict) -> None:
