@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 
 from ate.bench import BENCHMARKS
@@ -332,6 +333,80 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _preset_path(name: str) -> str:
+    from controllers.midi import PRESETS_DIR
+
+    shipped = PRESETS_DIR / f"{name}.toml"
+    return str(shipped) if not Path(name).exists() and shipped.exists() else name
+
+
+def _client_from_args(args: argparse.Namespace):
+    from controllers.client import EngineClient
+
+    return EngineClient(args.connect, args.pub, server_key=args.server_key, client_cert=args.client_cert)
+
+
+def _cmd_midi(args: argparse.Namespace) -> int:
+    from controllers.midi import MidiBridge, MidiPortError, PresetError, describe, list_ports, load_preset, open_port
+
+    try:
+        if args.midi_cmd == "ports":
+            print(json.dumps(list_ports(args.api), indent=2))
+        elif args.midi_cmd == "check":
+            for name in args.presets:
+                preset = load_preset(_preset_path(name))
+                print(f"{preset.path}: {preset.name}: {len(preset.inputs)} inputs, {len(preset.outputs)} LEDs, "
+                      f"port {preset.port!r}")
+        elif args.midi_cmd == "monitor":
+            from controllers.midi import MidiMapper
+
+            mapper = MidiMapper(load_preset(_preset_path(args.preset))) if args.preset else None
+            port, full = open_port("input", args.port, args.api, "ate-midi-monitor")
+            print(f"listening to {full} (Ctrl-C stops)", file=sys.stderr, flush=True)
+            stop = threading.Event()
+            t0 = time.monotonic()
+
+            def show(event, _data=None) -> None:
+                message = list(event[0])
+                line = f"{time.monotonic() - t0:9.3f}  {describe(message)}"
+                if mapper is not None:
+                    m = mapper.lookup(message)[0]
+                    line += f"  -> {m.name} ({m.action})" if m is not None else "  -> (not in the preset)"
+                    mapper.handle(message)
+                print(line, flush=True)
+
+            port.set_callback(show)
+            try:
+                stop.wait(args.seconds if args.seconds else None)
+            except KeyboardInterrupt:
+                pass
+            port.cancel_callback()
+            port.close_port()
+        elif args.midi_cmd == "learn":
+            from controllers.midi_learn import learn
+
+            result = learn(args.port, args.output, api=args.api, name=args.name, timeout_s=args.timeout)
+            print(json.dumps(result, indent=2))
+        elif args.midi_cmd == "run":
+            import signal
+
+            preset = load_preset(_preset_path(args.preset))
+            decks = [int(d) for d in args.decks.split(",")] if args.decks else None
+            client = _client_from_args(args)
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, lambda *_: stop.set())
+            with MidiBridge(preset, client, port=args.port, api=args.api, decks=decks) as bridge:
+                print(json.dumps({"preset": preset.name, "input": bridge.input_name, "output": bridge.output_name,
+                                  "engine": args.connect}), flush=True)
+                stop.wait()
+            client.close()
+    except (PresetError, MidiPortError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
 def _cmd_play(args: argparse.Namespace) -> int:
     from engine.output import find_device, play_commands
     from engine.script import ScriptError, default_script_path, load_script
@@ -393,6 +468,8 @@ def _latency_arg(text: str) -> float | str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``ate`` argument parser (exposed for tests and docs)."""
+    from controllers import DEFAULT_ENDPOINT, DEFAULT_PUB_ENDPOINT
+
     parser = argparse.ArgumentParser(
         prog="ate",
         description="ATE, the AutoMix & Transcription Engine: prepare a crate of music, then play and mix it.",
@@ -463,8 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("engine", help="run the engine in its own process, served over ZeroMQ (docs/protocol.md)")
-    p.add_argument("--endpoint", default="tcp://127.0.0.1:5555", help="commands (ROUTER); loopback unless --curve")
-    p.add_argument("--pub", default="tcp://127.0.0.1:5556", help="state and beat stream (PUB); loopback unless --curve")
+    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="commands (ROUTER); loopback unless --curve")
+    p.add_argument("--pub", default=DEFAULT_PUB_ENDPOINT, help="state and beat stream (PUB); loopback unless --curve")
     p.add_argument("--curve", default=None, metavar="DIR",
                    help="serve with CURVE keys made by `ate keys DIR` (needed for a non-loopback address)")
     p.add_argument("--decks", type=int, default=4, help="number of decks (4)")
@@ -480,6 +557,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", help="folder for the keys (server keys are made once, then kept)")
     p.add_argument("--client", action="append", metavar="NAME", help="a client to allow (repeatable; default: client)")
     p.set_defaults(func=_cmd_keys)
+
+    p = sub.add_parser("midi", help="MIDI controllers: ports, monitor, learn a preset, check presets, run a bridge")
+    msub = p.add_subparsers(dest="midi_cmd", required=True)
+    m = msub.add_parser("ports", help="list MIDI input and output ports (JSON)")
+    m.add_argument("--api", choices=("jack", "alsa"), default=None, help="MIDI system (default: rtmidi's)")
+    m = msub.add_parser("check", help="check presets (a name in presets/ or a file); errors are FILE:LINE: why")
+    m.add_argument("presets", nargs="+", metavar="PRESET")
+    m = msub.add_parser("monitor", help="print incoming MIDI messages (and what a preset maps them to)")
+    m.add_argument("--port", required=True, help="part of the input port's name")
+    m.add_argument("--api", choices=("jack", "alsa"), default=None)
+    m.add_argument("--preset", default=None, help="show each message's mapping in this preset")
+    m.add_argument("--seconds", type=float, default=0.0, help="stop after this long (default: Ctrl-C)")
+    m = msub.add_parser("learn", help="build a preset by moving each control when asked (Enter skips, q ends)")
+    m.add_argument("output", help="the preset file to write (TOML)")
+    m.add_argument("--port", required=True, help="part of the controller's input port name")
+    m.add_argument("--api", choices=("jack", "alsa"), default=None)
+    m.add_argument("--name", default=None, help="controller name in the preset (default: the port's)")
+    m.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each control")
+    m = msub.add_parser("run", help="drive a running engine (ate engine) from a controller")
+    m.add_argument("preset", help="a preset name in presets/ (e.g. pioneer-ddj-flx4) or a file")
+    m.add_argument("--port", default=None, help="part of the port names (default: the preset's)")
+    m.add_argument("--api", choices=("jack", "alsa"), default=None)
+    m.add_argument("--decks", default=None, help="engine decks for the controller's decks, e.g. 2,3")
+    _add_connect_args(m)
+    p.set_defaults(func=_cmd_midi)
 
     p = sub.add_parser("play", help="play a timed command script live on an audio device")
     p.add_argument("script", nargs="?", default=None, metavar="SCRIPT",
@@ -503,6 +605,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object (no progress bar)")
     p.set_defaults(func=_cmd_render)
     return parser
+
+
+def _add_connect_args(p: argparse.ArgumentParser) -> None:
+    from controllers import DEFAULT_ENDPOINT, DEFAULT_PUB_ENDPOINT
+
+    p.add_argument("--connect", default=DEFAULT_ENDPOINT, metavar="ADDR", help="the engine's command endpoint")
+    p.add_argument("--pub", default=DEFAULT_PUB_ENDPOINT, metavar="ADDR", help="the engine's state endpoint")
+    p.add_argument("--server-key", default=None, metavar="FILE", help="the server's CURVE public key (ate keys)")
+    p.add_argument("--client-cert", default=None, metavar="FILE", help="this client's CURVE .key_secret")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,8 +31,7 @@ import zmq
 
 __all__ = ["EngineClient", "EngineClientError", "DEFAULT_ENDPOINT", "DEFAULT_PUB_ENDPOINT"]
 
-DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
-DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5556"
+from controllers import DEFAULT_ENDPOINT, DEFAULT_PUB_ENDPOINT
 
 
 class EngineClientError(RuntimeError):

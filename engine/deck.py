@@ -318,6 +318,7 @@ class Deck:
         d = {"deck": self.index, "loaded": t is not None, "playing": self.playing and not self.stopping,
              "position_s": self.position_frames / self.sample_rate, "keylock": self.keylock, "sync": self.synced,
              "pfl": self.pfl, "side": self.side, "loop": [self.loop_start, self.loop_end] if self.loop_on else None,
+             "loop_beats": self.loop_beats if self.loop_on else None,
              "pitch": self.params["pitch"], "pitch_range": self.pitch_range, "ended": self.ended,
              "hot_cues_s": [None if math.isnan(c) else c / self.sample_rate for c in self.hot_cues],
              "cue_s": self.cue_frames / self.sample_rate, "auto_gain_db": round(self.auto_gain_db, 2),
