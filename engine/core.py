@@ -28,7 +28,10 @@ The engine keeps a master beat clock, ``master_beat`` (a float, growing by
 ``beats_per_frame`` every output frame). The *leader* is either a playing
 synced deck, whose beat (from its grid) minus its offset *is* the master beat,
 or the internal clock at ``master_bpm`` (when no deck leads; it carries on at
-the last leader's tempo). Every synced deck has ``sync_offset_beats``, fixed
+the last leader's tempo). A deck that starts leading while no synced deck
+plays moves the clock to its own phase (its offset is a whole number too), so
+that followers land on its beats; one that takes over from playing followers
+joins their phase instead. Every synced deck has ``sync_offset_beats``, fixed
 when it joins (a whole number, so it lands in phase) and moved only by its own
 jumps; a follower's target position is its grid position of
 ``master_beat + offset``. Each block, the follower's ratio is its nominal
@@ -47,6 +50,7 @@ import collections
 import itertools
 import math
 import threading
+import time
 
 import numba
 import numpy as np
@@ -94,6 +98,10 @@ def block_peak(block, n_frames):
             if abs(block[i, c]) > peak:
                 peak = abs(block[i, c])
     return peak
+
+
+STATE_TRIES = 200
+"""Attempts at a consistent :meth:`Engine.state` (a sub-block takes well under a millisecond)."""
 
 
 class Engine:
@@ -159,6 +167,7 @@ class Engine:
         self._load_lock = threading.Lock()
         self._handlers = {name[5:]: getattr(self, name) for name in dir(self) if name.startswith("_cmd_")}
         self.commands_applied = 0
+        self.render_seq = 0                # odd while a sub-block renders (see state())
 
     # ================================================================== control side (any thread)
 
@@ -201,7 +210,24 @@ class Engine:
         return n
 
     def state(self) -> dict:
-        """A JSON-ready snapshot for display (read while the audio thread runs: may be torn)."""
+        """A JSON-ready snapshot for display, consistent: all of it from one moment between sub-blocks.
+
+        Read while the audio thread runs, a snapshot could mix decks from before and after one
+        sub-block (a phase error of a block between two synced decks that is not in the audio). The
+        audio thread bumps :attr:`render_seq` before and after each sub-block (odd while rendering);
+        the snapshot is retaken until it was read within one even stretch. The audio thread never waits.
+        """
+        for _ in range(STATE_TRIES):
+            seq = self.render_seq
+            if seq & 1:
+                time.sleep(0.0002)
+                continue
+            snapshot = self._snapshot()
+            if self.render_seq == seq:
+                return snapshot
+        return self._snapshot()       # a render that raised left the count odd: no moment will come
+
+    def _snapshot(self) -> dict:
         return {"clock_frames": self.clock_frames, "seconds": self.clock_frames / self.sample_rate,
                 "master_beat": self.master_beat, "master_bpm": self.beats_per_frame * 60.0 * self.sample_rate,
                 "leader": self.leader, "quantize": self.quantize, "crossfader_curve": self.crossfader_curve,
@@ -323,6 +349,7 @@ class Engine:
         self._ramps[(deck, param)] = [start, start + frames, store[param], value]
 
     def _render(self, offset: int, k: int) -> None:
+        self.render_seq += 1
         self._advance_ramps(self.clock_frames + k)
         decks = self.decks
         leader = self.leader
@@ -378,6 +405,7 @@ class Engine:
         self.meters[self.n_decks] = block_peak(mix, k)
         self.master_beat += k * self.beats_per_frame
         self.clock_frames += k
+        self.render_seq += 1
 
     def _follow(self, deck: Deck, k: int) -> float:
         """Ratio that keeps a synced follower on its target position (see the module docstring)."""
@@ -447,8 +475,13 @@ class Engine:
         beat = deck.beat()
         if self.leader < 0 or not self.decks[self.leader].playing:
             self.leader = deck.index
-            deck.sync_offset_beats = beat - self.master_beat
-            return
+            if not any(d.synced and d.playing and d is not deck for d in self.decks):
+                # Nothing synced is playing: the clock takes the new leader's phase (a whole-beat offset),
+                # so that followers, which land on whole master beats, land on the leader's beats.
+                deck.sync_offset_beats = float(round(beat - self.master_beat))
+                self.master_beat = beat - deck.sync_offset_beats
+                return
+            # Followers are playing on the clock's phase: the new leader joins it as they did.
         offset = round(beat - self.master_beat)
         deck.sync_offset_beats = offset
         if align and not deck.playing:

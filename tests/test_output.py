@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pytest
 
+from audio_checks import check_xruns
 from engine.output import JackDummyServer
 
 pytestmark = pytest.mark.skipif(not JackDummyServer.available(), reason="jackd is not installed (Debian: jackd2)")
@@ -85,32 +86,6 @@ def offline_cpu_s(script: list[dict], n_blocks: int) -> np.ndarray:
     return cpu
 
 
-def check_xruns(report: dict, jack, since_driver_xruns: int = 0, offline_s: np.ndarray | None = None) -> None:
-    """Zero xruns; or, when this shared machine was too busy to judge, an expected failure that says so.
-
-    An xrun is the engine's when its work was late: with ``offline_s`` (the same blocks' CPU time offline),
-    when some callback in the window before the flag (``xrun_cpu_ms``) cost 80 % of a block both live and
-    offline (noise seldom strikes the same block twice; work that is too slow is slow every time). Without
-    it (commands arriving live), when JACK's own dummy driver thread did not wake late (it logs that, and no
-    client can cause it) or a callback's CPU time reached 80 % of the block. Any xrun of the engine's fails.
-    """
-    if report["xruns"] == 0:
-        return
-    block_ms = 1000.0 * BLOCK / SR
-    driver_late = jack.xruns_logged()["driver"] - since_driver_xruns
-    detail = (f"{report['xruns']} xruns at callbacks {report['xrun_callbacks_at'][:8]} (window CPU ms "
-              f"{report['xrun_cpu_ms'][:8]}), callback CPU ms {report['cpu_ms']}, wall ms {report['cost_ms']}, "
-              f"JACK driver late {driver_late} times")
-    if offline_s is not None:
-        offline_ms = [1e3 * offline_s[max(i - 2, 0):i + 1].max() for i in report["xrun_callbacks_at"]]
-        work_ms = [min(live, off) for live, off in zip(report["xrun_cpu_ms"], offline_ms)]
-        detail += f", the same blocks offline {np.round(offline_ms, 3).tolist()} ms"
-        assert max(work_ms) < 0.8 * block_ms, detail
-    else:
-        assert driver_late > 0 and report["cpu_ms"]["max"] < 0.8 * block_ms, detail
-    pytest.xfail(f"machine too busy to judge: {detail}")
-
-
 def test_live_plays_without_xruns(live, jack):
     assert live["host_api"].startswith("JACK")
     assert live["command_errors"] == []
@@ -128,7 +103,7 @@ def test_live_plays_without_xruns(live, jack):
     assert np.sqrt(np.mean(early ** 2)) > 0.01
     assert np.sqrt(np.mean(late ** 2)) > 0.01
     assert np.abs(audio).max() <= 1.0
-    check_xruns(live, jack, offline_s=offline_cpu_s(SCRIPT, live["callbacks"]))
+    check_xruns(live, jack, BLOCK, offline_s=offline_cpu_s(SCRIPT, live["callbacks"]))
 
 
 def test_live_equals_offline(live):
@@ -209,7 +184,7 @@ def test_engine_process_serves_commands_while_playing(jack):
         proc.send({"cmd": "play", "deck": 0})
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
-    check_xruns(late, jack)
+    check_xruns(late, jack, BLOCK)
 
 
 def test_ate_play_cli_plays_a_script_on_jack(jack, tmp_path):
