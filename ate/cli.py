@@ -302,7 +302,8 @@ def _cmd_engine(args: argparse.Namespace) -> int:
     try:
         proc = EngineProcess(n_decks=args.decks, channels=args.channels, device=args.device,
                              block_frames=args.block_frames, latency=args.latency, host_api=args.host_api,
-                             endpoint=args.endpoint, pub_endpoint=args.pub, curve_dir=args.curve)
+                             endpoint=args.endpoint, pub_endpoint=args.pub, curve_dir=args.curve,
+                             record_path=args.record, record_minutes=args.record_minutes)
     except (EngineProcessError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -317,8 +318,24 @@ def _cmd_engine(args: argparse.Namespace) -> int:
         pass
     proc.close()
     final = proc.final_report or {}
-    print(f"engine stopped: {final.get('seconds', 0):.1f} s played, {final.get('xruns', 0)} xruns", file=sys.stderr)
+    print(f"engine stopped: {final.get('seconds', 0):.1f} s played, {final.get('xruns', 0)} xruns"
+          + _recorded_note(final), file=sys.stderr)
     return EXIT_OK
+
+
+def _recorded_note(report: dict) -> str:
+    recorded = report.get("recorded")
+    if not recorded:
+        return ""
+    if "error" in recorded:
+        return f"; the recording was not written: {recorded['error']}"
+    return f"; recorded {recorded['seconds']:.1f} s to {recorded['path']}"
+
+
+def _add_record_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--record", default=None, metavar="FILE", help="record the master output to FILE (.wav or .flac)")
+    p.add_argument("--record-minutes", type=float, default=120.0, metavar="M",
+                   help="longest recording, minutes (memory is taken at start: 21 MB a minute)")
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
@@ -347,7 +364,8 @@ def _client_from_args(args: argparse.Namespace):
 
 
 def _cmd_midi(args: argparse.Namespace) -> int:
-    from controllers.midi import MidiBridge, MidiPortError, PresetError, describe, list_ports, load_preset, open_port
+    from controllers.midi import (InputPump, MidiBridge, MidiPortError, PresetError, describe, list_ports,
+                                  load_preset, open_port)
 
     try:
         if args.midi_cmd == "ports":
@@ -366,8 +384,7 @@ def _cmd_midi(args: argparse.Namespace) -> int:
             stop = threading.Event()
             t0 = time.monotonic()
 
-            def show(event, _data=None) -> None:
-                message = list(event[0])
+            def show(message: list[int]) -> None:
                 line = f"{time.monotonic() - t0:9.3f}  {describe(message)}"
                 if mapper is not None:
                     m = mapper.lookup(message)[0]
@@ -375,12 +392,12 @@ def _cmd_midi(args: argparse.Namespace) -> int:
                     mapper.handle(message)
                 print(line, flush=True)
 
-            port.set_callback(show)
+            pump = InputPump(port, show)
             try:
                 stop.wait(args.seconds if args.seconds else None)
             except KeyboardInterrupt:
                 pass
-            port.cancel_callback()
+            pump.stop()
             port.close_port()
         elif args.midi_cmd == "learn":
             from controllers.midi_learn import learn
@@ -396,7 +413,7 @@ def _cmd_midi(args: argparse.Namespace) -> int:
             stop = threading.Event()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(sig, lambda *_: stop.set())
-            with MidiBridge(preset, client, port=args.port, api=args.api, decks=decks) as bridge:
+            with MidiBridge(preset, client, port=args.port, api=args.api, decks=decks, crate_dir=args.crate) as bridge:
                 print(json.dumps({"preset": preset.name, "input": bridge.input_name, "output": bridge.output_name,
                                   "engine": args.connect}), flush=True)
                 stop.wait()
@@ -404,6 +421,61 @@ def _cmd_midi(args: argparse.Namespace) -> int:
     except (PresetError, MidiPortError, ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    return EXIT_OK
+
+
+def _cmd_tui(args: argparse.Namespace) -> int:
+    from controllers.client import EngineClientError
+    from tui.app import run_tui
+
+    client = _client_from_args(args)
+    try:
+        client.request({"request": "state"}, timeout_s=args.timeout)
+    except EngineClientError as err:
+        print(f"error: {err}", file=sys.stderr)
+        client.close()
+        return EXIT_USAGE
+    try:
+        run_tui(client, args.crate, args.decks)
+    finally:
+        client.close()
+    return EXIT_OK
+
+
+def _cmd_live(args: argparse.Namespace) -> int:
+    from controllers.client import EngineClient
+    from controllers.midi import MidiBridge, MidiPortError, PresetError, load_preset
+    from engine.process import EngineProcess, EngineProcessError
+    from tui.app import run_tui
+
+    try:
+        presets = [load_preset(_preset_path(name)) for name in args.midi]
+        proc = EngineProcess(n_decks=args.decks, channels=args.channels, device=args.device,
+                             block_frames=args.block_frames, latency=args.latency, host_api=args.host_api,
+                             endpoint=args.endpoint, pub_endpoint=args.pub, record_path=args.record,
+                             record_minutes=args.record_minutes)
+    except (PresetError, EngineProcessError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    bridges: list = []
+    client = EngineClient(proc.endpoint, proc.pub_endpoint)
+    try:
+        for preset in presets:
+            bridges.append(MidiBridge(preset, EngineClient(proc.endpoint, proc.pub_endpoint), api=args.midi_api,
+                                      crate_dir=args.crate))
+        run_tui(client, args.crate, args.decks)
+    except MidiPortError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        for bridge in bridges:
+            bridge.close()
+            bridge.client.close()
+        client.close()
+        proc.close()
+    final = proc.final_report or {}
+    print(f"engine stopped: {final.get('seconds', 0):.1f} s played, {final.get('xruns', 0)} xruns"
+          + _recorded_note(final), file=sys.stderr)
     return EXIT_OK
 
 
@@ -551,7 +623,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-frames", type=int, default=256, metavar="N", help="frames per callback (256)")
     p.add_argument("--latency", default=None, type=_latency_arg,
                    help="suggested output latency: seconds, or low/high (PortAudio's choice)")
+    _add_record_args(p)
     p.set_defaults(func=_cmd_engine)
+
+    p = sub.add_parser("live", help="play live: the engine, the terminal UI and MIDI controllers at once")
+    p.add_argument("--crate", default=None, metavar="DIR", help="a prepared crate for the browser")
+    p.add_argument("--midi", action="append", default=[], metavar="PRESET",
+                   help="a controller to use (a preset name in presets/ or a file; repeatable)")
+    p.add_argument("--midi-api", choices=("jack", "alsa"), default=None, help="MIDI system (default: rtmidi's)")
+    p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="also serve other programs here (loopback)")
+    p.add_argument("--pub", default=DEFAULT_PUB_ENDPOINT, help="state and beat stream (loopback)")
+    p.add_argument("--decks", type=int, default=4, help="number of decks (4)")
+    p.add_argument("--channels", type=int, choices=(2, 4), default=2, help="2, or 4 for a headphone cue on 3-4")
+    p.add_argument("--device", default=None, help="output device: index or part of its name (default: PortAudio's)")
+    p.add_argument("--host-api", default=None, help="host API to pick the device from, e.g. JACK or ALSA")
+    p.add_argument("--block-frames", type=int, default=256, metavar="N", help="frames per callback (256)")
+    p.add_argument("--latency", default=None, type=_latency_arg,
+                   help="suggested output latency: seconds, or low/high (PortAudio's choice)")
+    _add_record_args(p)
+    p.set_defaults(func=_cmd_live)
+
+    p = sub.add_parser("tui", help="the terminal UI of an engine that runs elsewhere (ate engine)")
+    _add_connect_args(p)
+    p.add_argument("--crate", default=None, metavar="DIR", help="a prepared crate for the browser")
+    p.add_argument("--decks", type=int, default=4, help="decks to show (4)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the engine to answer")
+    p.set_defaults(func=_cmd_tui)
 
     p = sub.add_parser("keys", help="make CURVE keys for serving the engine beyond loopback (docs/protocol.md)")
     p.add_argument("directory", help="folder for the keys (server keys are made once, then kept)")
@@ -580,6 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--port", default=None, help="part of the port names (default: the preset's)")
     m.add_argument("--api", choices=("jack", "alsa"), default=None)
     m.add_argument("--decks", default=None, help="engine decks for the controller's decks, e.g. 2,3")
+    m.add_argument("--crate", default=None, metavar="DIR", help="a prepared crate for the browse encoder and load")
     _add_connect_args(m)
     p.set_defaults(func=_cmd_midi)
 

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["Preset", "InputMapping", "OutputMapping", "PresetError", "load_preset", "parse_preset", "MidiMapper",
-           "MidiBridge", "MidiPortError", "open_port", "list_ports", "describe", "PRESETS_DIR", "BUTTON_ACTIONS",
+           "MidiBridge", "InputPump", "MidiPortError", "open_port", "list_ports", "describe", "PRESETS_DIR", "BUTTON_ACTIONS",
            "ABSOLUTE_ACTIONS", "RELATIVE_ACTIONS", "DECK_STATES", "GLOBAL_STATES", "TAKEOVER_TOLERANCE",
            "JOG_RELEASE_S", "SEARCH_BEATS_PER_TICK", "SEARCH_INTERVAL_S", "JOG_NUDGE_PER_TICK"]
 
@@ -819,6 +819,49 @@ def open_port(kind: str, name: str, api: str | None = None, client_name: str = "
     raise MidiPortError(f"no MIDI {kind} port matching {name!r}; there are: {', '.join(ports) or 'none'}")
 
 
+class InputPump:
+    """Read a MIDI input port from a Python thread and hand each message to ``handler(message)``.
+
+    rtmidi can call a Python callback itself, but under JACK it calls it from
+    JACK's process thread: that thread then waits for this process's GIL,
+    and while it waits the whole JACK graph — the engine's audio included —
+    is late (measured: a busy UI in the same process as the controller turned
+    zero xruns into 5 % of blocks late). So the port queues messages (in C++,
+    no GIL) and this thread drains them every :attr:`poll_s`.
+
+    Parameters
+    ----------
+    port : rtmidi.MidiIn
+        An open input port (without a callback).
+    handler : callable
+        Called with each message (a list of ints), in order, from the pump thread.
+    poll_s : float
+        Longest wait between looks at the port, seconds (the latency it adds at most).
+    """
+
+    def __init__(self, port, handler, poll_s: float = 0.001, name: str = "ate-midi-in"):
+        self.port = port
+        self.handler = handler
+        self.poll_s = float(poll_s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        get = self.port.get_message
+        while not self._stop.is_set():
+            event = get()
+            if event is None:
+                time.sleep(self.poll_s)
+                continue
+            self.handler(list(event[0]))
+
+    def stop(self) -> None:
+        """Stop the thread (messages still queued are dropped)."""
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+
 class MidiBridge:
     """A MIDI controller driving an engine: rtmidi ports ↔ :class:`MidiMapper` ↔ :class:`EngineClient`.
 
@@ -836,16 +879,27 @@ class MidiBridge:
         Engine decks for the controller's decks (default: the preset's).
     feedback_hz : float
         LED updates per second.
+    crate_dir : str or Path, optional
+        A prepared crate: the browse encoder moves through its tracks (by
+        title) and a deck's load button loads the selected one.
+    on_browse : callable, optional
+        ``on_browse(steps, load_decks)`` takes browse ticks and load presses
+        instead (a crate browser on screen, as in ``ate live``); called from
+        the feedback thread.
 
-    The rtmidi callback thread maps and posts each message as it arrives; a
+    An :class:`InputPump` thread maps and posts each message as it arrives; a
     feedback thread reads the state stream, sends what changed to the LEDs and
     runs :meth:`MidiMapper.tick`. Messages that map to nothing are counted in
     :attr:`unmapped`.
     """
 
     def __init__(self, preset: Preset, client, port: str | None = None, api: str | None = None,
-                 decks: list[int] | None = None, feedback_hz: float = 60.0):
+                 decks: list[int] | None = None, feedback_hz: float = 60.0, crate_dir=None, on_browse=None):
         self.preset = preset
+        self.crate_dir = None if crate_dir is None else str(crate_dir)
+        self.on_browse = on_browse
+        self.selected = 0
+        self._tracks: list[dict] | None = None
         self.client = client
         self.mapper = MidiMapper(preset, decks)
         self.received = 0
@@ -860,7 +914,7 @@ class MidiBridge:
             self.midi_out, self.output_name = open_port("output", name, api, "ate-midi-out")
         except MidiPortError:
             self.midi_out, self.output_name = None, None      # a controller without LEDs still plays
-        self.midi_in.set_callback(self._on_message)
+        self._pump = InputPump(self.midi_in, self._on_message)
         self._period = 1.0 / feedback_hz
         self._thread = threading.Thread(target=self._feedback_loop, name="ate-midi-feedback", daemon=True)
         self._thread.start()
@@ -870,13 +924,12 @@ class MidiBridge:
             self.client.post(cmd)
             self.commands_sent += 1
 
-    def _on_message(self, event, _data=None) -> None:
-        message, _delta = event
+    def _on_message(self, message: list[int]) -> None:
         self.received += 1
         with self._lock:
             self.mapper.update_state(self.client.state)
-            commands = self.mapper.handle(list(message))
-            if not commands and self.mapper.lookup(list(message))[0] is None:
+            commands = self.mapper.handle(message)
+            if not commands and self.mapper.lookup(message)[0] is None:
                 self.unmapped += 1
         self._post(commands)
 
@@ -890,11 +943,37 @@ class MidiBridge:
                 leds = self.mapper.feedback(force=first) if self.client.state is not None else []
             if self.client.state is not None:
                 first = False
-            self._post(commands)
+            self._post(commands + self._browse())
             if self.midi_out is not None:
                 for message in leds:
                     self.midi_out.send_message(message)
                     self.feedback_sent += 1
+
+    def crate_tracks(self) -> list[dict]:
+        """The crate's tracks in browse order (read once)."""
+        if self._tracks is None:
+            from prep.crate import Crate, default_db_path
+
+            with Crate(default_db_path(Path(self.crate_dir)), readonly=True, root=self.crate_dir) as crate:
+                self._tracks = crate.list_tracks("title")
+        return self._tracks
+
+    def _browse(self) -> list[dict]:
+        with self._lock:
+            steps, loads = self.mapper.take_browse()
+        if not steps and not loads:
+            return []
+        if self.on_browse is not None:
+            self.on_browse(steps, loads)
+            return []
+        if self.crate_dir is None:
+            return []
+        tracks = self.crate_tracks()
+        if not tracks:
+            return []
+        self.selected = min(max(self.selected + steps, 0), len(tracks) - 1)
+        return [{"cmd": "load", "deck": deck, "track": tracks[self.selected]["content_hash"], "crate": self.crate_dir}
+                for deck in loads]
 
     def close(self) -> None:
         """Stop the feedback thread and close the ports (LEDs are switched off)."""
@@ -905,7 +984,7 @@ class MidiBridge:
                 self.midi_out.send_message(m.message(False))
             self.midi_out.close_port()
             self.midi_out.delete()
-        self.midi_in.cancel_callback()
+        self._pump.stop()
         self.midi_in.close_port()
         self.midi_in.delete()
 

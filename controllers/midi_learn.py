@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import IO
 
-from controllers.midi import ABSOLUTE_ACTIONS, RELATIVE_ACTIONS, STATUS_KINDS, open_port, parse_preset
+from controllers.midi import ABSOLUTE_ACTIONS, RELATIVE_ACTIONS, STATUS_KINDS, InputPump, open_port, parse_preset
 
 __all__ = ["learn", "default_controls", "guess_encoding", "preset_toml", "SETTLE_S"]
 
@@ -116,7 +116,7 @@ def learn(port: str, out_path: str | Path, api: str | None = None, controls: lis
     messages: queue.Queue = queue.Queue()
     keys: queue.Queue = queue.Queue()
     midi_in, full_name = open_port("input", port, api, "ate-midi-learn")
-    midi_in.set_callback(lambda event, _d=None: messages.put((list(event[0]), time.monotonic())))
+    pump = InputPump(midi_in, lambda message: messages.put((message, time.monotonic())))
 
     def read_keys() -> None:
         for line in answers:
@@ -153,7 +153,7 @@ def learn(port: str, out_path: str | Path, api: str | None = None, controls: lis
                   + (f" (14-bit, LSB 0x{mapping['lsb']:02X})" if "lsb" in mapping else "")
                   + (f" ({mapping['encoding']})" if "encoding" in mapping else ""), file=prompt, flush=True)
     finally:
-        midi_in.cancel_callback()
+        pump.stop()
         midi_in.close_port()
         midi_in.delete()
     n_decks = max([m.get("deck", 1) for m in learned] + [2])

@@ -138,7 +138,9 @@ def _child_main(conn, config: dict) -> None:
         if device is None and config["host_api"] is not None:
             device = find_device(host_api=config["host_api"])
         warm_s = warm_up(config["channels"], config["block_frames"])
-        output = AudioOutput(engine, device=device, block_frames=config["block_frames"], latency=config["latency"])
+        record_s = 60.0 * config["record_minutes"] if config["record_path"] else 0.0
+        output = AudioOutput(engine, device=device, block_frames=config["block_frames"], latency=config["latency"],
+                             capture_seconds=record_s)
         if config["endpoint"]:
             from controllers.server import ProtocolServer
 
@@ -179,9 +181,26 @@ def _child_main(conn, config: dict) -> None:
             server.close()
         output.stop()
         loader.close()
+        report = output.report()
+        if config["record_path"]:
+            report["recorded"] = _write_recording(output, config["record_path"])
         if final is not None:
-            conn.send({"ok": True, "report": output.report()})
+            conn.send({"ok": True, "report": report})
         conn.close()
+
+
+def _write_recording(output, path: str) -> dict:
+    """Write what the output played (its preallocated capture) to ``path``; never raises."""
+    from prep.audio import write_audio
+
+    audio = output.captured()
+    try:
+        # WAV as 32-bit float: the file holds the very samples played; FLAC is 24-bit.
+        subtype = "FLOAT" if path.lower().endswith(".wav") else "PCM_24" if path.lower().endswith(".flac") else None
+        write_audio(path, audio[:, :2], output.sample_rate, subtype=subtype)
+    except Exception as err:  # noqa: BLE001 -- a failed write must not hide the session's report
+        return {"path": path, "error": f"{path}: {type(err).__name__}: {err}"}
+    return {"path": path, "seconds": round(len(audio) / output.sample_rate, 3)}
 
 
 class EngineProcess:
@@ -209,6 +228,12 @@ class EngineProcess:
     endpoint, pub_endpoint : str, optional
         Serve the ZeroMQ protocol there from the child (:class:`controllers.server.ProtocolServer`:
         commands on ``endpoint``, state and beats on ``pub_endpoint``); loopback only without ``curve_dir``.
+    record_path : str, optional
+        Record the master output (what the device played, sample for sample) and write it there (WAV or
+        FLAC, by the suffix) when the process closes; the final report's ``"recorded"`` says where and how long.
+    record_minutes : float
+        Longest recording, minutes (reserved at start, 21 MB a minute of stereo float32; the pages are
+        committed as the recording reaches them).
     curve_dir : str, optional
         CURVE keys made by ``ate keys`` (:mod:`controllers.keys`): serve encrypted, on any interface, to the
         clients whose public keys are in ``curve_dir/clients``.
@@ -227,10 +252,13 @@ class EngineProcess:
 
     def __init__(self, n_decks: int = 4, channels: int = 2, device: int | str | None = None, block_frames: int = 256,
                  latency: float | str | None = None, host_api: str | None = None, start_timeout_s: float = 120.0,
-                 endpoint: str | None = None, pub_endpoint: str | None = None, curve_dir: str | None = None):
+                 endpoint: str | None = None, pub_endpoint: str | None = None, curve_dir: str | None = None,
+                 record_path: str | None = None, record_minutes: float = 120.0):
         config = {"n_decks": n_decks, "channels": channels, "device": device, "block_frames": block_frames,
                   "latency": latency, "host_api": host_api, "endpoint": endpoint, "pub_endpoint": pub_endpoint,
-                  "curve_dir": None if curve_dir is None else str(curve_dir)}
+                  "curve_dir": None if curve_dir is None else str(curve_dir),
+                  "record_path": None if record_path is None else str(record_path),
+                  "record_minutes": float(record_minutes)}
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
         self._lock = threading.Lock()

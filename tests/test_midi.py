@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controllers.midi import (TAKEOVER_TOLERANCE, MidiMapper, PresetError, load_preset, parse_preset)
+from controllers.midi import TAKEOVER_TOLERANCE, InputPump, MidiMapper, PresetError, load_preset, parse_preset
 from engine.core import Engine
 from engine.output import JackDummyServer
 from engine.track import load_track
@@ -256,7 +256,7 @@ class FakeController:
         self.inp = rtmidi.MidiIn(rtapi=rtmidi.API_UNIX_JACK, name=f"{name} hw-in")
         self.inp.open_virtual_port(f"{name} MIDI in")
         self.received: list[list[int]] = []
-        self.inp.set_callback(lambda event, _d=None: self.received.append(list(event[0])))
+        self._pump = InputPump(self.inp, self.received.append, name="fake-controller")
 
     def send(self, *messages: list[int], gap_s: float = 0.01) -> None:
         for m in messages:
@@ -264,6 +264,7 @@ class FakeController:
             time.sleep(gap_s)
 
     def close(self) -> None:
+        self._pump.stop()
         for port in (self.out, self.inp):
             port.close_port()
             port.delete()
