@@ -12,9 +12,11 @@ import json
 import sys
 import threading
 import time
+from importlib import import_module
 from pathlib import Path
 
 from ate.bench import BENCHMARKS
+from prep.progress import ProgressBar
 
 EXIT_OK = 0
 EXIT_FAILURES = 1  # the job ran, but some inputs failed
@@ -68,7 +70,7 @@ def _cmd_prep(args: argparse.Namespace) -> int:
     try:
         choice = _separator_choice(args)
         report = prep_crate(Path(args.crate), db_path=args.db, workers=args.workers, progress=not args.no_progress,
-                            separator=choice)
+                            separator=choice, steps=_prep_steps(args))
     except (NotADirectoryError, CrateError, ValueError, SeparationError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -76,6 +78,18 @@ def _cmd_prep(args: argparse.Namespace) -> int:
     if report.interrupted:
         return 130  # what a shell reports for Ctrl-C
     return EXIT_FAILURES if report.failed else EXIT_OK
+
+
+def _prep_steps(args: argparse.Namespace) -> list[str]:
+    """The prep steps to run: the default ones, plus ``--with``, minus ``--without`` (unknown names: ValueError)."""
+    from prep.steps import get_step, steps
+
+    for name in args.with_steps + args.without_steps:
+        try:
+            get_step(name)
+        except KeyError as err:
+            raise ValueError(err.args[0]) from None
+    return [s.name for s in steps() if (s.default or s.name in args.with_steps) and s.name not in args.without_steps]
 
 
 def _cmd_crate(args: argparse.Namespace) -> int:
@@ -115,7 +129,7 @@ def _cmd_separate(args: argparse.Namespace) -> int:
         target = out if len(args.paths) == 1 else out / Path(path).name.split(".")[0]
         try:
             samples = load_audio(path)
-            with _progress_bar(f"separate {Path(path).name} ({choice.name})") as progress:
+            with ProgressBar(f"separate {Path(path).name} ({choice.name})") as progress:
                 stems = separate_track(samples, separator, fold=args.fold, progress=progress)
         except (AudioError, SeparationError) as err:
             print(f"error: {err}", file=sys.stderr)
@@ -131,32 +145,6 @@ def _cmd_separate(args: argparse.Namespace) -> int:
                                subtype="FLOAT" if args.format == "wav" else "PCM_24")
             print(f"{path}: {target}/{{drums,bass,vocals,other}}.{args.format} ({choice.name}, fold {args.fold})")
     return status
-
-
-class _progress_bar:
-    """A rich progress bar fed with fractions 0..1 (a no-op when stdout is not a terminal)."""
-
-    def __init__(self, label: str):
-        self.label = label
-        self.bar = None
-
-    def __enter__(self):
-        if sys.stdout.isatty():
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn(self.label), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-            self.task = self.bar.add_task(self.label, total=1.0)
-            self.bar.start()
-        return self
-
-    def __call__(self, fraction: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=min(1.0, max(0.0, float(fraction))))
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -276,7 +264,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
         if args.json:  # keep stdout pure JSON
             audio, summary = render_script(script, seconds=args.seconds)
         else:
-            with _progress_bar(f"render {Path(script.path).name}") as progress:
+            with ProgressBar(f"render {Path(script.path).name}") as progress:
                 audio, summary = render_script(script, progress=progress, seconds=args.seconds)
         write_render(audio, args.output, sample_rate=script.sample_rate)
     except ScriptError as err:
@@ -538,6 +526,12 @@ def _latency_arg(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"latency must be seconds, low or high, got {text!r}") from None
 
 
+CLI_MODULES: tuple[str, ...] = ()
+"""Modules that define subcommands beside their code: each has ``register_cli(subparsers)``, which adds its
+parsers with ``set_defaults(func=...)``; a handler returns the exit code. Their top level imports only light
+modules (heavy ones inside the handlers), so ``ate --help`` stays fast."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``ate`` argument parser (exposed for tests and docs)."""
     from controllers import DEFAULT_ENDPOINT, DEFAULT_PUB_ENDPOINT
@@ -547,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="ATE, the AutoMix & Transcription Engine: prepare a crate of music, then play and mix it.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in CLI_MODULES:
+        import_module(module).register_cli(sub)
 
     p = sub.add_parser("demo", help="generate a demo crate, prep it and show what was found")
     p.add_argument("folder", nargs="?", default="demo-crate", help="where to write the demo crate (default: ./demo-crate)")
@@ -566,6 +562,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel workers (default: all cores; 1 when demucs runs on the CPU)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_separation_options(p, allow_none=True)
+    p.add_argument("--with", dest="with_steps", action="append", default=[], metavar="STEP",
+                   help="also run an opt-in prep step (e.g. transcribe); repeatable")
+    p.add_argument("--without", dest="without_steps", action="append", default=[], metavar="STEP",
+                   help="skip a prep step that runs by default; repeatable")
     p.set_defaults(func=_cmd_prep)
 
     p = sub.add_parser("separate", help="split audio files into drums, bass, vocals and other stems")

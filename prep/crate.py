@@ -148,6 +148,37 @@ MIGRATIONS: list[tuple[str, ...]] = [
             created_at TEXT NOT NULL
         )""",
     ),
+    # 3: results of the prep steps after the analysis (prep/steps.py): MIDI transcriptions, similarity
+    # embeddings, tonal balance. Each row carries the version of the step that made it, so a newer step
+    # redoes older rows.
+    (
+        """CREATE TABLE transcriptions (
+            track_id INTEGER NOT NULL REFERENCES tracks(id) ON DELETE CASCADE,
+            stem TEXT NOT NULL,
+            path TEXT NOT NULL,
+            notes INTEGER NOT NULL,
+            version INTEGER NOT NULL,
+            params TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (track_id, stem)
+        )""",
+        """CREATE TABLE embeddings (
+            track_id INTEGER PRIMARY KEY REFERENCES tracks(id) ON DELETE CASCADE,
+            version INTEGER NOT NULL,
+            dim INTEGER NOT NULL,
+            vector BLOB NOT NULL,
+            features TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE tonal (
+            track_id INTEGER NOT NULL REFERENCES tracks(id) ON DELETE CASCADE,
+            stem TEXT NOT NULL,
+            version INTEGER NOT NULL,
+            bands TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (track_id, stem)
+        )""",
+    ),
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager, nullcontext
@@ -42,6 +42,8 @@ from prep.analyze import ANALYSIS_VERSION, MIN_DURATION_S, analyze_audio
 from prep.audio import AUDIO_EXTENSIONS, SAMPLE_RATE, AudioError, content_hash, load_audio
 from prep.crate import Crate, default_db_path
 from prep.overview import POINTS_PER_SECOND
+from prep.progress import ProgressBar
+from prep.steps import run_steps
 from prep.runtime import environment, one_line
 from prep.separate import SeparatorChoice
 from prep.stems import (STEM_FILE_SUFFIX, STEM_NAMES, StemFileError, fit_stems, import_ni_stems,
@@ -102,7 +104,10 @@ class PrepReport:
         Tracks separated in this run.
     warnings : list of (str, str)
         ``(path, note)`` for tracks added with a problem short of failure
-        (separation failed: analysed from the mix, retried next run).
+        (separation failed: analysed from the mix, retried next run), and
+        ``(title, "STEP: reason")`` for a prep step that failed on a track.
+    steps : dict
+        Tracks each prep step (:mod:`prep.steps`) did in this run, and ``"failed"``.
     """
 
     crate_dir: Path
@@ -121,6 +126,7 @@ class PrepReport:
     separator: str = ""
     separated: int = 0
     warnings: list[tuple[str, str]] = field(default_factory=list)
+    steps: dict[str, int] = field(default_factory=dict)
 
     @property
     def done(self) -> int:
@@ -140,7 +146,7 @@ class PrepReport:
             "failed": [list(f) for f in self.failed], "elapsed_s": round(self.elapsed_s, 3),
             "audio_s": round(self.audio_s, 3), "realtime_factor": round(self.realtime_factor, 2),
             "interrupted": self.interrupted, "separator": self.separator, "separated": self.separated,
-            "warnings": [list(w) for w in self.warnings],
+            "warnings": [list(w) for w in self.warnings], "steps": dict(self.steps),
         }
 
     def print_summary(self, file: TextIO | None = None) -> None:
@@ -161,6 +167,9 @@ class PrepReport:
             stems = f", {self.separated} separated with {self.separator}" if self.separated else ""
             print(f"analysed {_format_duration(self.audio_s)} of audio, {self.realtime_factor:.1f}x realtime{stems}",
                   file=out)
+        done_steps = {name: n for name, n in self.steps.items() if n and name != "failed"}
+        if done_steps:
+            print("steps: " + ", ".join(f"{name} {n}" for name, n in done_steps.items()), file=out)
         if self.warnings:
             print("warnings:", file=out)
             for path, note in self.warnings:
@@ -599,55 +608,9 @@ def _commit_extras(crate: Crate, digest: str, outcome: _Outcome, report: PrepRep
         report.warnings.append((outcome.job.rel, outcome.warning))
 
 
-class _Progress:
-    """A rich progress bar on a terminal, nothing elsewhere."""
-
-    def __init__(self, enabled: bool, total: int, skipped: int):
-        self.bar = None
-        if not enabled or total == 0:
-            return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-        self.bar = Progress(
-            TextColumn("[bold]prep[/]"), BarColumn(bar_width=30), MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            TextColumn("{task.fields[current]}", markup=False),
-        )
-        note = f"({skipped} unchanged skipped) " if skipped else ""
-        self.task = self.bar.add_task("prep", total=total, rate="", current=note)
-        self.started = time.monotonic()
-        self.count = 0
-
-    def __enter__(self) -> _Progress:
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-    @staticmethod
-    def _short(name: str) -> str:
-        return name if len(name) <= 40 else "…" + name[-39:]
-
-    def starting(self, name: str) -> None:
-        """Show the file being worked on (in-process runs, where there is one at a time)."""
-        if self.bar is not None:
-            self.bar.update(self.task, current=self._short(name))
-
-    def advance(self, name: str) -> None:
-        """Count one file done and show it."""
-        if self.bar is None:
-            return
-        self.count += 1
-        minutes = max(time.monotonic() - self.started, 1e-6) / 60
-        self.bar.update(self.task, advance=1, rate=f"{self.count / minutes:.1f} tracks/min",
-                        current=self._short(name))
-
-
 def prep_crate(crate_dir: Path, db_path: str | Path | None = None, workers: int | None = None,
-               progress: bool = True, separator: SeparatorChoice | None = None) -> PrepReport:
+               progress: bool = True, separator: SeparatorChoice | None = None,
+               steps: Sequence[str] | None = None) -> PrepReport:
     """Scan ``crate_dir`` for audio and analyse what is new into the crate database.
 
     Parameters
@@ -664,6 +627,9 @@ def prep_crate(crate_dir: Path, db_path: str | Path | None = None, workers: int 
     separator : prep.separate.SeparatorChoice, optional
         Separate every track into stems with this (see
         :func:`prep.separate.choose_separator`); None analyses mixes only.
+    steps : sequence of str, optional
+        The prep steps (:mod:`prep.steps`) to run after the analysis, on every track that lacks
+        their result; default: the steps that run by default. ``[]`` runs none.
 
     Returns
     -------
@@ -726,7 +692,8 @@ def prep_crate(crate_dir: Path, db_path: str | Path | None = None, workers: int 
             return stored is None or stored["model"] not in (separator.name, "import")
 
         pool_size = max(1, min(workers, len(jobs)))
-        bar = _Progress(progress and sys.stdout.isatty(), len(jobs), report.known)
+        bar = ProgressBar("prep", len(jobs), "tracks", note=f"({report.known} unchanged skipped) " if report.known else "",
+                          enabled=progress and sys.stdout.isatty())
         runner = _Runner(pool_size, known, still_needed, on_start=lambda job: bar.starting(Path(job.rel).name),
                          separation=separation)
         # One process per core already uses the machine; with fewer workers
@@ -750,6 +717,11 @@ def prep_crate(crate_dir: Path, db_path: str | Path | None = None, workers: int 
             report.pending = report.files - report.done
         else:
             crate.forget_missing(paths)
+            try:
+                report.steps = run_steps(crate, steps, workers=pool_size if jobs else workers, progress=progress,
+                                         on_warning=lambda line: report.warnings.append(tuple(line.split(": ", 1))))
+            except KeyboardInterrupt:
+                report.interrupted = True
     report.failed.sort()
     report.elapsed_s = time.monotonic() - started
     return report
