@@ -40,9 +40,10 @@ import math
 import re
 import threading
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from controllers.tomlfile import key_line, loads_with_line
 
 __all__ = ["Preset", "InputMapping", "OutputMapping", "PresetError", "load_preset", "parse_preset", "MidiMapper",
            "MidiBridge", "InputPump", "MidiPortError", "open_port", "list_ports", "describe", "PRESETS_DIR", "BUTTON_ACTIONS",
@@ -190,18 +191,6 @@ def _table_lines(text: str, header: str) -> list[int]:
     return [i + 1 for i, line in enumerate(text.splitlines()) if pattern.match(line)]
 
 
-def _key_line(text: str, start: int, key: str) -> int:
-    """The line of ``key = ...`` in the table that starts at line ``start`` (or ``start`` itself)."""
-    lines = text.splitlines()
-    for i in range(start, len(lines)):
-        stripped = lines[i].strip()
-        if stripped.startswith("["):
-            break
-        if re.match(rf"{re.escape(key)}\s*=", stripped):
-            return i + 1
-    return start
-
-
 def load_preset(path: str | Path) -> Preset:
     """Read and check a preset file; raises :class:`PresetError` (``FILE:LINE: why``)."""
     path = Path(path)
@@ -214,11 +203,9 @@ def load_preset(path: str | Path) -> Preset:
 
 def parse_preset(text: str, where: str = "<preset>") -> Preset:
     """Parse and check a preset's TOML text (``where`` names it in errors)."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        m = re.search(r"line (\d+)", str(err))
-        raise PresetError(f"{where}:{m.group(1) if m else 0}: not valid TOML ({err})") from None
+    data, line, why = loads_with_line(text)
+    if data is None:
+        raise PresetError(f"{where}:{line}: not valid TOML ({why})")
 
     def fail(line: int, why: str) -> None:
         raise PresetError(f"{where}:{line}: {why}")
@@ -230,15 +217,15 @@ def parse_preset(text: str, where: str = "<preset>") -> Preset:
         fail(1, "no [controller] table (name, port, decks)")
     for key in controller:
         if key not in _CONTROLLER_KEYS:
-            fail(_key_line(text, controller_line, key), f"unknown key {key!r} in [controller]; known: "
+            fail(key_line(text, controller_line, key), f"unknown key {key!r} in [controller]; known: "
                  f"{', '.join(sorted(_CONTROLLER_KEYS))}")
     for key in ("name", "port"):
         if not isinstance(controller.get(key), str) or not controller[key].strip():
-            fail(_key_line(text, controller_line, key), f"[controller] needs a non-empty {key} (a string)")
+            fail(key_line(text, controller_line, key), f"[controller] needs a non-empty {key} (a string)")
     decks = controller.get("decks", [0, 1])
     if (not isinstance(decks, list) or not 1 <= len(decks) <= 4
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 16 for d in decks)):
-        fail(_key_line(text, controller_line, "decks"), f"decks must list 1-4 engine deck indices, got {decks!r}")
+        fail(key_line(text, controller_line, "decks"), f"decks must list 1-4 engine deck indices, got {decks!r}")
     for key in data:
         if key not in ("controller", "input", "output"):
             fail(next((i + 1 for i, s in enumerate(lines) if key in s), 1),
@@ -281,7 +268,7 @@ def _parse_tables(tables: object, table_lines: list[int], kind: str, text: str, 
         line = table_lines[i] if i < len(table_lines) else 0
 
         def at(key: str) -> int:
-            return _key_line(text, line, key)
+            return key_line(text, line, key)
 
         allowed = _INPUT_KEYS if kind == "input" else _OUTPUT_KEYS
         for key in t:

@@ -95,13 +95,14 @@ COMMANDS: dict[str, tuple[bool, dict[str, str]]] = {
     "bass_swap": (False, {"from_deck": "int", "to_deck": "int", "ramp": "time"}),
     "crossfader_curve": (False, {"curve": "str"}),
     "quantize": (False, {"on": "bool"}),
+    "cancel": (False, {"tag": "str"}),
 }
 _REQUIRED = {
     "load": ("track",), "seek": (), "hotcue": ("n",), "hotcue_set": ("n",), "hotcue_clear": ("n",), "loop": ("beats",),
     "loop_roll": ("beats",), "beat_jump": ("beats",), "nudge": ("amount",), "pitch_range": ("range",),
     "keylock": ("on",), "sync": ("on",), "mute": ("stem", "on"), "solo": ("stem", "on"), "pfl": ("on",),
     "xfader_side": ("side",), "set": ("param", "value"), "bass_swap": ("from_deck", "to_deck"),
-    "crossfader_curve": ("curve",), "quantize": ("on",),
+    "crossfader_curve": ("curve",), "quantize": ("on",), "cancel": ("tag",),
 }
 _SIDES = ("A", "B", "thru")
 
@@ -125,6 +126,9 @@ class Command:
     ramp_kind : str
         "none", "frames" or "beats" (``set`` and ``bass_swap``).
     ramp_value : float
+    tag : str
+        The sender's label (``"automix"``), "" for none: ``cancel`` drops the pending commands and stops the
+        ramps of one tag, so a DJ can take over from an automation at any moment.
     """
 
     name: str
@@ -134,6 +138,7 @@ class Command:
     at_value: float = 0.0
     ramp_kind: str = "none"
     ramp_value: float = 0.0
+    tag: str = ""
 
 
 def _number(value: object, what: str) -> float:
@@ -183,7 +188,7 @@ def parse_command(message: object, n_decks: int = 4, sample_rate: int = 44100) -
         raise CommandError(f"unknown command {name!r}; known: {', '.join(sorted(COMMANDS))}")
     needs_deck, spec = COMMANDS[name]
     deck = -1
-    allowed = set(spec) | {"cmd", "at", "id"} | ({"deck"} if needs_deck or name == "set" else set())
+    allowed = set(spec) | {"cmd", "at", "id", "tag"} | ({"deck"} if needs_deck or name == "set" else set())
     unknown = sorted(set(message) - allowed)
     if unknown:
         raise CommandError(f"{name}: unknown argument(s) {', '.join(unknown)}")
@@ -231,7 +236,10 @@ def parse_command(message: object, n_decks: int = 4, sample_rate: int = 44100) -
                 raise CommandError(f"{what} must not be negative, got {value!r}")
     _check_values(name, deck, args, n_decks)
     at_kind, at_value = parse_at(message.get("at"), sample_rate, f"{name}.at")
-    return Command(name, deck, args, at_kind, at_value, ramp_kind, ramp_value)
+    tag = message.get("tag", "")
+    if not isinstance(tag, str) or len(tag) > 64:
+        raise CommandError(f"{name}.tag must be a string of at most 64 characters, got {tag!r}")
+    return Command(name, deck, args, at_kind, at_value, ramp_kind, ramp_value, tag)
 
 
 def parse_at(at: object, sample_rate: int = 44100, what: str = "at") -> tuple[str, float]:

@@ -121,6 +121,10 @@ class Engine:
     loader : callable, optional
         ``loader(track, crate) -> DeckTrack`` for ``load`` commands (default:
         :func:`engine.track.load_track`).
+    deck_taps : bool
+        Keep each deck's post-fader output of the last :meth:`process` call in :attr:`taps`
+        (float32 ``(n_decks, max_block_frames, 2)``; valid for calls of at most ``max_block_frames``):
+        what each deck adds to the master before the limiter, for measurements (``ate bench automix``).
 
     Attributes
     ----------
@@ -133,7 +137,7 @@ class Engine:
     """
 
     def __init__(self, n_decks: int = 4, sample_rate: int = 44100, channels: int = 2, max_block_frames: int = 512,
-                 loader=None):
+                 loader=None, deck_taps: bool = False):
         if channels not in (2, 4):
             raise ValueError(f"engine: channels must be 2 or 4, got {channels}")
         self.n_decks = int(n_decks)
@@ -154,6 +158,7 @@ class Engine:
         self._mix = np.zeros((max_block_frames, 2), np.float32)
         self._cue = np.zeros((max_block_frames, 2), np.float32)
         self._out = np.zeros((max_block_frames, self.channels), np.float32)
+        self.taps = np.zeros((self.n_decks, max_block_frames, 2), np.float32) if deck_taps else None
         self._fader_applied = np.zeros(self.n_decks)
         self._master_applied = 1.0
         self._hp_applied = (0.0, 1.0)
@@ -162,6 +167,7 @@ class Engine:
         self._frame_events: list = []      # (frame, seq, Command), sorted
         self._beat_events: list = []       # (beat, seq, Command), sorted
         self._ramps: dict = {}             # (deck, param) -> [start_frame, end_frame, start_value, end_value]
+        self._ramp_tags: dict = {}         # (deck, param) -> the tag of the command that started its ramp
         self._seq = itertools.count()
         self._loader = loader or load_track
         self._load_lock = threading.Lock()
@@ -186,7 +192,7 @@ class Engine:
                     track = self._loader(cmd.args["track"], cmd.args.get("crate"))
             except TrackLoadError as err:
                 return _reply(message, False, str(err))
-            cmd = Command(cmd.name, cmd.deck, {"track": track}, cmd.at_kind, cmd.at_value)
+            cmd = Command(cmd.name, cmd.deck, {"track": track}, cmd.at_kind, cmd.at_value, tag=cmd.tag)
             self._queue.append(cmd)
             self.collect_garbage()
             return _reply(message, True, track=track.summary())
@@ -333,6 +339,8 @@ class Engine:
         if finished:
             for key in finished:
                 del self._ramps[key]
+                if self._ramp_tags:
+                    self._ramp_tags.pop(key, None)
                 if key[1] == "play_gain":
                     self._fade_done(self.decks[key[0]])
 
@@ -382,6 +390,10 @@ class Engine:
             gain = deck.params["volume"] * side
             i = deck.index
             self.meters[i] = add_faded(mix, deck.block, k, self._fader_applied[i], gain)
+            if self.taps is not None:
+                tap = self.taps[i, offset:offset + k]
+                tap[:] = 0.0
+                add_faded(tap, deck.block, k, self._fader_applied[i], gain)
             self._fader_applied[i] = gain
             if deck.pfl:
                 add_faded(cue, deck.block, k, 1.0, 1.0)
@@ -649,9 +661,15 @@ class Engine:
             deck.params["pitch"] = min(max(deck.ratio - 1.0, -r), r)
 
     def _cmd_leader(self, cmd: Command, deck: Deck) -> None:
-        if deck.synced and deck.playing and deck.loaded:
+        if deck.synced and deck.playing and deck.loaded and self.leader != deck.index:
             self.leader = deck.index
             deck.sync_offset_beats = deck.beat() - self.master_beat
+            # The master tempo carries on: the new leader's pitch fader takes the ratio it followed at.
+            r = max(PITCH_RANGES)
+            pitch = min(max(deck.ratio / (1.0 + deck.nudge) - 1.0, -r), r)
+            if abs(pitch) > deck.pitch_range:
+                deck.pitch_range = next(x for x in PITCH_RANGES if x >= abs(pitch))
+            deck.params["pitch"] = pitch
 
     def _switches(self, deck: Deck) -> None:
         any_solo = any(deck.soloed)
@@ -682,11 +700,36 @@ class Engine:
         if param in _GAIN_PARAMS or param.startswith("stem."):
             frames = max(frames, FADE_FRAMES)
         self._ramp(cmd.deck, param, value, frames)
+        self._tag_ramp((cmd.deck, param), cmd.tag)
 
     def _cmd_bass_swap(self, cmd: Command, deck: None) -> None:
         frames = max(self._ramp_frames(cmd), FADE_FRAMES)
         self._ramp(cmd.args["from_deck"], "stem.bass", 0.0, frames)
         self._ramp(cmd.args["to_deck"], "stem.bass", 1.0, frames)
+        self._tag_ramp((cmd.args["from_deck"], "stem.bass"), cmd.tag)
+        self._tag_ramp((cmd.args["to_deck"], "stem.bass"), cmd.tag)
+
+    def _tag_ramp(self, key: tuple, tag: str) -> None:
+        if tag and key in self._ramps:
+            self._ramp_tags[key] = tag
+        elif self._ramp_tags:
+            self._ramp_tags.pop(key, None)
+
+    def _cmd_cancel(self, cmd: Command, deck: None) -> None:
+        """Drop the pending commands of a tag and stop its ramps where they are (a DJ takes over)."""
+        tag = cmd.args["tag"]
+        for events in (self._frame_events, self._beat_events):
+            i = 0
+            while i < len(events):
+                if events[i][2].tag == tag:
+                    del events[i]
+                else:
+                    i += 1
+        for key, ramp_tag in list(self._ramp_tags.items()):
+            if ramp_tag == tag:
+                del self._ramp_tags[key]
+                if key in self._ramps:
+                    del self._ramps[key]           # the value stays where the ramp had brought it
 
     def _cmd_crossfader_curve(self, cmd: Command, deck: None) -> None:
         self.crossfader_curve = cmd.args["curve"]

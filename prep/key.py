@@ -154,14 +154,35 @@ def camelot_neighbours(code: str) -> list[str]:
         ``[code, one step anticlockwise, one step clockwise, relative]``,
         e.g. ``"8A" -> ["8A", "7A", "9A", "8B"]``.
     """
-    m = re.fullmatch(r"\s*(1[0-2]|[1-9])\s*([ABab])\s*", str(code))
-    if not m:
-        raise ValueError(f"not a Camelot code: {code!r}")
-    number, letter = int(m.group(1)), m.group(2).upper()
+    number, letter = _camelot_parts(code)
     down = (number - 2) % 12 + 1
     up = number % 12 + 1
     other = "A" if letter == "B" else "B"
     return [f"{number}{letter}", f"{down}{letter}", f"{up}{letter}", f"{number}{other}"]
+
+
+def camelot_distance(a: str, b: str) -> int:
+    """Steps between two keys on the Camelot wheel: 0 the same key, 1 a neighbour or the relative key.
+
+    A step round the wheel (a fifth) and a change of letter (relative major/minor) count one each, so
+    every key of :func:`camelot_neighbours` is at distance at most 1 and e.g. ``"8A"`` to ``"9B"`` is 2.
+    """
+    (na, la), (nb, lb) = (_camelot_parts(a), _camelot_parts(b))
+    around = abs(na - nb) % 12
+    return min(around, 12 - around) + (la != lb)
+
+
+def shift_camelot(code: str, semitones: int) -> str:
+    """The Camelot code of a key moved by ``semitones`` (a key shift): +1 semitone is 7 steps round the wheel."""
+    tonic, mode = from_camelot(code)
+    return camelot((tonic + int(semitones)) % 12, mode)
+
+
+def _camelot_parts(code: str) -> tuple[int, str]:
+    m = re.fullmatch(r"\s*(1[0-2]|[1-9])\s*([ABab])\s*", str(code))
+    if not m:
+        raise ValueError(f"not a Camelot code: {code!r}")
+    return int(m.group(1)), m.group(2).upper()
 
 
 # --------------------------------------------------------------------------- profiles

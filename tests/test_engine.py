@@ -387,3 +387,41 @@ def test_engine_wide_commands_refuse_a_deck():
     reply = engine.send({"cmd": "bass_swap", "from_deck": 0, "to_deck": 1, "deck": 0})
     assert not reply["ok"] and "unknown argument(s) deck" in reply["error"]
     assert engine.send({"cmd": "set", "deck": 1, "param": "volume", "value": 0.5})["ok"]
+
+
+def test_cancel_drops_a_tags_pending_commands_and_stops_its_ramps():
+    """A DJ takes over: the automation's future commands never happen, its ramps stop where they are."""
+    track = make_track(120.0, 64, tone_hz={"other": 440.0}, seed=12)
+    engine = Engine(n_decks=1)
+    engine.load(0, track)
+    send_all(engine, {"cmd": "play", "deck": 0, "at": {"frame": 0}},
+             {"cmd": "set", "deck": 0, "param": "volume", "value": 0.0, "ramp": {"seconds": 4.0},
+              "at": {"seconds": 1.0}, "tag": "automix"},
+             {"cmd": "pause", "deck": 0, "at": {"seconds": 6.0}, "tag": "automix"},
+             {"cmd": "set", "deck": 0, "param": "eq_high_db", "value": -6.0, "at": {"seconds": 6.0}})
+    engine.render(3 * SR)                              # halfway down the 4 s fade
+    send_all(engine, {"cmd": "cancel", "tag": "automix"})
+    out = engine.render(5 * SR)
+    volume = engine.decks[0].params["volume"]
+    assert 0.45 < volume < 0.55                        # frozen where the ramp was (0.5 at 3 s)
+    assert engine.decks[0].playing                     # the tagged pause never came
+    assert engine.decks[0].params["eq_high_db"] == -6.0    # untagged commands still do
+    late = out[4 * SR:]
+    assert np.sqrt(np.mean(late ** 2)) > 0.02
+
+
+def test_a_new_leader_keeps_the_master_tempo():
+    """Handing the sync lead to a follower (as automix does after a transition) does not jump the tempo."""
+    a = make_track(120.0, 200, seed=13)
+    b = make_track(128.0, 200, seed=14)
+    engine = Engine(n_decks=2)
+    engine.load(0, a)
+    engine.load(1, b)
+    send_all(engine, {"cmd": "sync", "deck": 0, "on": True}, {"cmd": "sync", "deck": 1, "on": True},
+             {"cmd": "play", "deck": 0, "at": {"frame": 0}}, {"cmd": "play", "deck": 1, "at": {"beat": 8}},
+             {"cmd": "leader", "deck": 1, "at": {"beat": 24}}, {"cmd": "pause", "deck": 0, "at": {"beat": 28}})
+    engine.render(16 * SR)                             # 32 beats at 120 BPM
+    assert engine.leader == 1
+    assert engine.state()["master_bpm"] == pytest.approx(120.0, abs=0.01)
+    assert engine.decks[1].params["pitch"] == pytest.approx(120.0 / 128.0 - 1.0, abs=1e-3)
+    assert engine.decks[1].pitch_range == 0.08
