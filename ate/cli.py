@@ -526,7 +526,7 @@ def _latency_arg(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"latency must be seconds, low or high, got {text!r}") from None
 
 
-CLI_MODULES: tuple[str, ...] = ()
+CLI_MODULES: tuple[str, ...] = ("controllers.automix_cli",)
 """Modules that define subcommands beside their code: each has ``register_cli(subparsers)``, which adds its
 parsers with ``set_defaults(func=...)``; a handler returns the exit code. Their top level imports only light
 modules (heavy ones inside the handlers), so ``ate --help`` stays fast."""

@@ -43,7 +43,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controllers.tomlfile import key_line, loads_with_line
+from prep.runtime import key_line, loads_with_line
 
 __all__ = ["Preset", "InputMapping", "OutputMapping", "PresetError", "load_preset", "parse_preset", "MidiMapper",
            "MidiBridge", "InputPump", "MidiPortError", "open_port", "list_ports", "describe", "PRESETS_DIR", "BUTTON_ACTIONS",

@@ -96,6 +96,8 @@ COMMANDS: dict[str, tuple[bool, dict[str, str]]] = {
     "crossfader_curve": (False, {"curve": "str"}),
     "quantize": (False, {"on": "bool"}),
     "cancel": (False, {"tag": "str"}),
+    "transition": (False, {"from_deck": "int", "to_deck": "int", "preset": "str", "bars": "int", "start": "str",
+                           "out_beat": "number", "in_beat": "number"}),
 }
 _REQUIRED = {
     "load": ("track",), "seek": (), "hotcue": ("n",), "hotcue_set": ("n",), "hotcue_clear": ("n",), "loop": ("beats",),
@@ -103,6 +105,7 @@ _REQUIRED = {
     "keylock": ("on",), "sync": ("on",), "mute": ("stem", "on"), "solo": ("stem", "on"), "pfl": ("on",),
     "xfader_side": ("side",), "set": ("param", "value"), "bass_swap": ("from_deck", "to_deck"),
     "crossfader_curve": ("curve",), "quantize": ("on",), "cancel": ("tag",),
+    "transition": ("from_deck", "to_deck"),
 }
 _SIDES = ("A", "B", "thru")
 
@@ -267,6 +270,14 @@ def _check_values(name: str, deck: int, args: dict, n_decks: int) -> None:
         raise CommandError(f"xfader_side.side must be one of {', '.join(_SIDES)}, got {args['side']!r}")
     if name == "crossfader_curve" and args["curve"] not in ("linear", "power", "cut"):
         raise CommandError(f"crossfader_curve.curve must be linear, power or cut, got {args['curve']!r}")
+    if name == "transition":
+        a, b = args["from_deck"], args["to_deck"]
+        if not (0 <= a < n_decks and 0 <= b < n_decks) or a == b:
+            raise CommandError(f"transition: from_deck and to_deck must be two different decks 0..{n_decks - 1}")
+        if args.get("start", "phrase") not in ("bar", "phrase"):
+            raise CommandError(f"transition.start must be bar or phrase, got {args['start']!r}")
+        if "bars" in args and not 1 <= args["bars"] <= 64:
+            raise CommandError(f"transition.bars must be 1..64, got {args['bars']}")
     if name == "bass_swap":
         a, b = args["from_deck"], args["to_deck"]
         if not (0 <= a < n_decks and 0 <= b < n_decks) or a == b:

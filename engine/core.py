@@ -58,7 +58,10 @@ import numpy as np
 from engine.commands import GLOBAL_PARAMS, PITCH_RANGES, Command, CommandError, parse_at, parse_command
 from engine.deck import FADE_FRAMES, STEM_INDEX, Deck
 from engine.dsp import Limiter, crossfader_gains, db_to_gain, gain_ramp_block
+from engine.grid import beat_at_many
 from engine.track import DeckTrack, TrackLoadError, load_track
+from engine.transitions import (DEFAULT_TRANSITION, TransitionError, compile_transition, load_library,
+                                transition_end_beat)
 
 __all__ = ["Engine", "SYNC_RESPONSE_S", "SYNC_MAX_CORRECTION"]
 
@@ -174,6 +177,8 @@ class Engine:
         self._handlers = {name[5:]: getattr(self, name) for name in dir(self) if name.startswith("_cmd_")}
         self.commands_applied = 0
         self.render_seq = 0                # odd while a sub-block renders (see state())
+        self._transitions: dict | None = None
+        self.cancels: dict[str, int] = {}      # tag -> cancels applied (an automation sees it was stopped)
 
     # ================================================================== control side (any thread)
 
@@ -186,6 +191,8 @@ class Engine:
             cmd = parse_command(message, self.n_decks, self.sample_rate)
         except CommandError as err:
             return _reply(message, False, str(err))
+        if cmd.name == "transition":
+            return self._send_transition(cmd, message)
         if cmd.name == "load":
             try:
                 with self._load_lock:
@@ -198,6 +205,69 @@ class Engine:
             return _reply(message, True, track=track.summary())
         self._queue.append(cmd)
         return _reply(message, True)
+
+    def transitions(self) -> dict:
+        """The transition presets by name (read from ``presets/transitions`` on first use, in the caller's thread)."""
+        if self._transitions is None:
+            self._transitions = load_library()
+        return self._transitions
+
+    def _send_transition(self, cmd: Command, message: dict) -> dict:
+        """Expand a ``transition`` into the timed commands of its preset (docs/automix.md) and queue them all.
+
+        Bar 0 is the outgoing deck's next downbeat (``start = "bar"``) or phrase start (``"phrase"``, the
+        default) at least a beat ahead, or its beat ``out_beat``; the incoming deck starts there on its beat
+        ``in_beat`` (default: the downbeat at or after where it is cued), synced. Nothing is queued unless
+        every command is valid.
+        """
+        a = cmd.args
+        out, inn = self.decks[a["from_deck"]], self.decks[a["to_deck"]]
+        try:
+            library = self.transitions()
+        except TransitionError as err:
+            return _reply(message, False, f"transition: {err}")
+        name = a.get("preset", DEFAULT_TRANSITION)
+        if name not in library:
+            return _reply(message, False, f"transition: unknown preset {name!r}; known: {', '.join(sorted(library))}")
+        if not (out.loaded and out.playing and out.synced):
+            return _reply(message, False, f"transition: deck {out.index} must be playing with sync on")
+        if not inn.loaded or inn.playing:
+            return _reply(message, False, f"transition: deck {inn.index} must hold a track, stopped")
+        t = library[name].with_bars(a["bars"]) if "bars" in a else library[name]
+        downbeats = beat_at_many(out.track.beats_frames, out.track.downbeats_frames)
+        bpb = int(round(float(np.median(np.diff(downbeats))))) if len(downbeats) > 1 else 4
+        now = out.beat()
+        if "out_beat" in a:
+            start = a["out_beat"]
+            if start < now + 0.25:
+                return _reply(message, False, f"transition: out_beat {start:g} is not ahead of deck {out.index} "
+                                              f"(it is at beat {now:.2f})")
+        else:
+            marks = downbeats
+            if a.get("start", "phrase") == "phrase":
+                phrases = beat_at_many(out.track.beats_frames, out.track.phrases_frames)
+                marks = phrases if len(phrases) else downbeats[::8]
+            ahead = marks[marks >= now + 1.0]
+            start = float(round(ahead[0])) if len(ahead) else float(math.ceil(now + 1.0))
+        if "in_beat" in a:
+            in_beat = a["in_beat"]
+        else:
+            cued = inn.beat()
+            in_downbeats = beat_at_many(inn.track.beats_frames, inn.track.downbeats_frames)
+            later = in_downbeats[in_downbeats >= cued - 0.5]
+            in_beat = float(round(later[0])) if len(later) else float(round(cued))
+        start_beat = start - out.sync_offset_beats
+        tag = cmd.tag or "transition"
+        messages = [{"cmd": "sync", "deck": inn.index, "on": True, "tag": tag},
+                    {"cmd": "seek", "deck": inn.index, "beat": in_beat, "tag": tag}]
+        messages += compile_transition(t, out.index, inn.index, start_beat, bpb, tag=tag)
+        try:
+            parsed = [parse_command(m, self.n_decks, self.sample_rate) for m in messages]
+        except CommandError as err:
+            return _reply(message, False, f"transition {name}: {err}")
+        self._queue.extend(parsed)
+        return _reply(message, True, preset=t.name, bars=t.bars, start_beat=start_beat, out_beat=start,
+                      in_beat=in_beat, end_beat=transition_end_beat(t, start_beat, bpb), beats_per_bar=bpb)
 
     def load(self, deck: int, track: DeckTrack, at: dict | None = None) -> None:
         """Put an already loaded track on ``deck`` (in-process API: tests, automix)."""
@@ -238,7 +308,8 @@ class Engine:
                 "master_beat": self.master_beat, "master_bpm": self.beats_per_frame * 60.0 * self.sample_rate,
                 "leader": self.leader, "quantize": self.quantize, "crossfader_curve": self.crossfader_curve,
                 "params": dict(self.params), "limiter_gain_db": -20.0 * math.log10(max(self.limiter.gain, 1e-9)),
-                "meters": [float(m) for m in self.meters], "decks": [d.summary() for d in self.decks]}
+                "meters": [float(m) for m in self.meters], "cancels": dict(self.cancels),
+                "decks": [d.summary() for d in self.decks]}
 
     # ================================================================== audio side
 
@@ -718,6 +789,7 @@ class Engine:
     def _cmd_cancel(self, cmd: Command, deck: None) -> None:
         """Drop the pending commands of a tag and stop its ramps where they are (a DJ takes over)."""
         tag = cmd.args["tag"]
+        self.cancels[tag] = self.cancels.get(tag, 0) + 1
         for events in (self._frame_events, self._beat_events):
             i = 0
             while i < len(events):

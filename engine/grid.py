@@ -17,7 +17,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["beat_at", "position_at", "frames_per_beat", "check_grid"]
+__all__ = ["beat_at", "beat_at_many", "position_at", "frames_per_beat", "check_grid"]
 
 _JIT = dict(nogil=True, cache=True)
 
@@ -48,6 +48,11 @@ def beat_at(beats_frames: np.ndarray, position_frames: float) -> float:
     a = beats_frames[i]
     b = beats_frames[i + 1]
     return i + (position_frames - a) / (b - a)
+
+
+def beat_at_many(beats_frames: np.ndarray, positions_frames: np.ndarray) -> np.ndarray:
+    """:func:`beat_at` of each position (downbeats, phrase starts), float64; for the control side, not kernels."""
+    return np.array([beat_at(beats_frames, float(p)) for p in positions_frames], dtype=np.float64)
 
 
 @numba.njit(**_JIT)
