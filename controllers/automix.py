@@ -70,6 +70,8 @@ MIN_SOLO_BARS = 16
 TEMPO_WEIGHT = 1.0        # per % of tempo move
 KEY_WEIGHT = 2.5          # per Camelot step beyond a compatible key
 ENERGY_WEIGHT = 6.0       # per unit (0..1) of energy away from the curve
+FIRST_CANDIDATES = 8
+"""First tracks tried when the user fixes none."""
 VOCAL_SAFE_TRANSITION = "vocal-safe"
 CUT_TRANSITION = "quick-cut"
 
@@ -258,12 +260,19 @@ def order_tracks(tracks: list[TrackInfo], curve: str = "steady", first: TrackInf
     if not tracks:
         return []
     targets = energy_targets(curve, len(tracks))
-    if first is None:
-        # Start where the curve starts: the calmest track for build/peak, the most central otherwise.
-        if curve == "steady":
-            first = min(tracks, key=lambda t: sum(_pair_cost(t, u) for u in tracks))
-        else:
-            first = min(tracks, key=lambda t: abs(t.energy - targets[0]))
+    if first is not None:
+        return _route_from(first, tracks, targets)
+    # Try several first tracks (those nearest where the curve starts, or the most central ones for a steady
+    # curve) and keep the cheapest route.
+    if curve == "steady":
+        rank = sorted(tracks, key=lambda t: sum(_pair_cost(t, u) for u in tracks))
+    else:
+        rank = sorted(tracks, key=lambda t: abs(t.energy - targets[0]))
+    routes = [_route_from(t, tracks, targets) for t in rank[:FIRST_CANDIDATES]]
+    return min(routes, key=lambda r: _route_cost(r, targets))
+
+
+def _route_from(first: TrackInfo, tracks: list[TrackInfo], targets: np.ndarray) -> list[TrackInfo]:
     route = [first]
     left = [t for t in tracks if t is not first]
     while left:
@@ -446,11 +455,10 @@ def plan_transition(a: TrackInfo, b: TrackInfo, library: dict[str, Transition], 
                             + (0.25 if name != names[0] else 0.0))
                     if best is None or cost < best[0]:
                         best = (cost, t, ob, ib, vocal)
-            if best is not None and best[4] == 0.0 and best[1].name == t0.name:
-                break
     if best is None:
         return None
     _, t, ob, ib, vocal = best
+    cut = cut or t.bars <= 1         # a one-bar cut: the incoming track plays at its own tempo from the cut
     if t.name == VOCAL_SAFE_TRANSITION and preset is None:
         reasons.append("both tracks sing in the transition: the vocals change hands on the swap")
     end_bpm = b.bpm

@@ -175,7 +175,7 @@ def _render(order, library, args) -> int:
             report.seconds = port.seconds
     report_path = out.with_suffix(".json")
     cue_path = out.with_suffix(".cue")
-    write_cue_sheet(cue_path, report, out.name)
+    write_cue_sheet(cue_path, report.tracks, out.name)
     summary = dict(report.to_dict(), output=str(out), cue=str(cue_path),
                    wall_s=round(time.monotonic() - started, 3))
     summary["realtime_factor"] = round(report.seconds / max(summary["wall_s"], 1e-6), 2)

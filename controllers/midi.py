@@ -46,8 +46,8 @@ from pathlib import Path
 from prep.runtime import key_line, loads_with_line
 
 __all__ = ["Preset", "InputMapping", "OutputMapping", "PresetError", "load_preset", "parse_preset", "MidiMapper",
-           "MidiBridge", "InputPump", "MidiPortError", "open_port", "list_ports", "describe", "PRESETS_DIR", "BUTTON_ACTIONS",
-           "ABSOLUTE_ACTIONS", "RELATIVE_ACTIONS", "DECK_STATES", "GLOBAL_STATES", "TAKEOVER_TOLERANCE",
+           "MidiBridge", "InputPump", "MidiPortError", "open_port", "list_ports", "describe", "PRESETS_DIR",
+           "BUTTON_ACTIONS", "ABSOLUTE_ACTIONS", "RELATIVE_ACTIONS", "DECK_STATES", "GLOBAL_STATES", "TAKEOVER_TOLERANCE",
            "JOG_RELEASE_S", "SEARCH_BEATS_PER_TICK", "SEARCH_INTERVAL_S", "JOG_NUDGE_PER_TICK"]
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"

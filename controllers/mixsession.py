@@ -469,8 +469,9 @@ def _round(x: float | None) -> float | None:
     return None if x is None else round(x, 3)
 
 
-def write_cue_sheet(path: str | Path, report: SessionReport, audio_name: str, title: str = "ATE automix") -> None:
-    """A ``.cue`` sheet: one TRACK per track, its INDEX where it takes over (the bass swap of its transition)."""
+def write_cue_sheet(path: str | Path, tracks: list[dict], audio_name: str, title: str = "ATE automix") -> None:
+    """A ``.cue`` sheet of a session's ``tracks`` (:attr:`SessionReport.tracks`): one TRACK each, its INDEX where
+    it takes over (the bass swap of its transition)."""
     def stamp(seconds: float) -> str:
         frames = int(round(max(seconds, 0.0) * 75))          # CD frames: 75 a second
         return f"{frames // 4500:02d}:{frames // 75 % 60:02d}:{frames % 75:02d}"
@@ -479,7 +480,7 @@ def write_cue_sheet(path: str | Path, report: SessionReport, audio_name: str, ti
         return '"' + str(text).replace('"', "'") + '"'
 
     lines = [f"TITLE {quoted(title)}", f"PERFORMER {quoted('ATE')}", f"FILE {quoted(audio_name)} WAVE"]
-    for i, t in enumerate(report.tracks, 1):
+    for i, t in enumerate(tracks, 1):
         at = t.get("handover_s") if t.get("handover_s") is not None else t.get("start_s") or 0.0
         if i == 1:
             at = 0.0

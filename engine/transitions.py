@@ -47,7 +47,8 @@ from engine.commands import DECK_PARAMS
 from prep.stems import STEM_NAMES
 
 __all__ = ["Transition", "Curve", "TransitionError", "load_transition", "parse_transition", "load_library",
-           "compile_transition", "transition_end_beat", "touched_params", "rest_commands", "TRANSITIONS_DIR", "DEFAULT_TRANSITION", "ROLES", "AUDIBLE_GAIN"]
+           "compile_transition", "transition_end_beat", "touched_params", "rest_commands", "TRANSITIONS_DIR",
+           "DEFAULT_TRANSITION", "ROLES", "AUDIBLE_GAIN"]
 
 TRANSITIONS_DIR = Path(__file__).resolve().parent.parent / "presets" / "transitions"
 """The shipped presets."""

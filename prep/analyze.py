@@ -37,9 +37,10 @@ from prep.vocals import vocal_activity
 ANALYSIS_SR = 22050
 """Sample rate of the mono signal rhythm, key and structure analysis use, in Hz."""
 
-ANALYSIS_VERSION = 2
+ANALYSIS_VERSION = 3
 """Bumped when results change meaning; the crate re-analyses older rows.
-2: stem-aware analysis, vocal regions, per-stem loudness."""
+2: stem-aware analysis, vocal regions, per-stem loudness.
+3: a steady grid reaches back to a first beat at the very start (its first bar and phrase were lost)."""
 
 MIN_DURATION_S = 8.0
 """Shorter files are rejected: no beat grid or key can be trusted below a few bars."""

@@ -448,6 +448,15 @@ def track_beats(y: np.ndarray, sr: int, drums: np.ndarray | None = None,
         drift_times = drift_times[(drift_times >= start_s - 0.5 * period_s) & (drift_times <= end_s)]
         beats = scipy.signal.savgol_filter(drift_times, min(17, len(drift_times) - (1 - len(drift_times) % 2)), 2)
     beats = refine_phase(y, sr, fix_half_beat_phase(env, beats))
+    if steady and len(beats) > 1:
+        # A track that starts on its first beat (a kick at 0 s) shows no onset there, so the grid would start
+        # a beat late and the first bar and phrase would be lost: extend a steady grid back to where the music
+        # starts.
+        period_s = float(np.mean(np.diff(beats)))
+        n_back = int(np.floor((beats[0] - max(start_s - 0.25 * period_s, -0.03)) / period_s))
+        if n_back > 0:
+            beats = np.concatenate([beats[0] - period_s * np.arange(n_back, 0, -1), beats])
+            beats[0] = max(beats[0], 0.0)
     beats = beats[(beats >= 0) & (beats < len(y) / sr)]
     if steady:
         bpm = 60.0 / float(np.mean(np.diff(beats)))

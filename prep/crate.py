@@ -212,6 +212,15 @@ def parse_camelot(camelot: str | None) -> tuple[int | None, str | None]:
     return int(m.group(1)), m.group(2).upper()
 
 
+def title_from_path(path: str | Path) -> str:
+    """A track's title when its tags have none: the file name without its extension (``.stem.mp4`` as one)."""
+    name = Path(path).name
+    for suffix in (".stem.mp4", ".stem.m4a"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
 def _optional_float(value: object) -> float | None:
     # Raises on junk (a string, a list) rather than storing it: a bad
     # analysis record must abort the whole track's transaction.
@@ -626,7 +635,7 @@ class Crate:
         """
         stored = self.relative_path(path)
         record = json.dumps(analysis, allow_nan=True, separators=(",", ":"))
-        title = _tag(tags, "title") or Path(stored).stem
+        title = _tag(tags, "title") or title_from_path(stored)
         stamp = now_iso()
         with self.transaction() as conn:
             track_id = conn.execute(
@@ -683,7 +692,8 @@ class Crate:
                 row = conn.execute(
                     "UPDATE tracks SET path = ?, title = ?, artist = ?, album = ?, updated_at = ? "
                     "WHERE content_hash = ? RETURNING id",
-                    (stored, _tag(tags, "title") or Path(stored).stem, _tag(tags, "artist"), _tag(tags, "album"),
+                    (stored, _tag(tags, "title") or title_from_path(stored), _tag(tags, "artist"),
+                     _tag(tags, "album"),
                      now_iso(), content_hash)).fetchone()
             if row is None:
                 return None

@@ -60,4 +60,7 @@ def loads_with_line(text: str) -> tuple[dict | None, int, str]:
         return tomllib.loads(text), 0, ""
     except tomllib.TOMLDecodeError as err:
         m = re.search(r"line (\d+)", str(err))
-        return None, int(m.group(1)) if m else 0, str(err)
+        if m:
+            return None, int(m.group(1)), str(err)
+        # "... (at end of document)": the last line.
+        return None, max(len(text.splitlines()), 1) if "end of document" in str(err) else 0, str(err)
