@@ -114,6 +114,9 @@ class TrackSpec:
         Free text, kept in the truth.
     section_stems : dict, optional
         Section name -> stems playing there, overriding :data:`DEFAULT_SECTION_STEMS`.
+    swing : float
+        Share of each 8th note that its first 16th takes: 0.5 straight (default), 2/3 a triplet
+        shuffle, up to 0.75. Every event on an odd 16th moves later; beats and downbeats stay.
     """
 
     bpm: float = 124.0
@@ -127,6 +130,7 @@ class TrackSpec:
     seed: int = 0
     title: str = ""
     section_stems: dict | None = None
+    swing: float = 0.5
 
     def __post_init__(self) -> None:
         if not 60.0 <= float(self.bpm) <= 180.0:
@@ -143,6 +147,8 @@ class TrackSpec:
             raise ValueError(f"style must be one of {STYLES}, got {self.style!r}")
         if self.style == "waltz" and self.beats_per_bar != 3:
             raise ValueError("style 'waltz' needs beats_per_bar=3")
+        if not 0.5 <= float(self.swing) <= 0.75:
+            raise ValueError(f"swing must be within 0.5-0.75, got {self.swing}")
         if self.lead_in_s < 0:
             raise ValueError("lead_in_s must be >= 0")
         if not self.structure:
@@ -639,11 +645,20 @@ class _Synth:
 
     # ---- grid
 
+    def _swung(self, step: float) -> float:
+        """A 16th step moved by the spec's swing: within each 8th, [0, 1) -> [0, 2 swing), [1, 2) -> [2 swing, 2)."""
+        r = float(self.spec.swing)
+        if r == 0.5:
+            return step  # straight: exactly the step, so straight renders never change
+        pair, within = divmod(float(step), 2.0)
+        within = within * 2.0 * r if within < 1.0 else 2.0 * r + (within - 1.0) * 2.0 * (1.0 - r)
+        return 2.0 * pair + within
+
     def step_sample(self, bar: int, step: float) -> int:
-        return int(self.clock.sample((bar * self.spb + step) / 4.0))
+        return int(self.clock.sample((bar * self.spb + self._swung(step)) / 4.0))
 
     def step_time(self, bar: int, step: float) -> float:
-        return float(self.clock.time((bar * self.spb + step) / 4.0))
+        return float(self.clock.time((bar * self.spb + self._swung(step)) / 4.0))
 
     def bucket(self, n: int) -> int:
         return -(-n // self._BUCKET_N) * self._BUCKET_N
