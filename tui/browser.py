@@ -5,6 +5,11 @@ The rows are the dicts of :meth:`prep.crate.Crate.list_tracks` (``title``,
 Sorting and filtering are pure functions over lists of dicts so they can be
 tested without a terminal; :class:`CrateBrowser` only holds the current
 choices (sort, text, BPM range, harmonic) and redraws its table from them.
+
+In suggestion mode (:meth:`CrateBrowser.toggle_suggestions`) the list holds the
+tracks :mod:`prep.similarity` suggests after the reference track (the focused
+deck's, else the playing deck's), best first, with the score and the reason in
+their own columns; the other filters still apply.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ __all__ = ["SORTS", "BPM_TOLERANCE", "load_crate_tracks", "sort_tracks", "filter
 
 SORTS = ("title", "bpm", "key")
 """Sort orders the browser offers (``key`` sorts round the Camelot wheel: 1A, 1B, 2A...)."""
+SUGGESTIONS = 100
+"""How many suggestions the browser lists at most."""
 BPM_TOLERANCE = 0.06
 """Half-width of the BPM-range filter, as a fraction of the reference tempo (a pitch fader's usual ±6 %)."""
 
@@ -148,8 +155,10 @@ class CrateBrowser(Vertical):
     text: reactive[str] = reactive("")
     bpm_filter: reactive[bool] = reactive(False)
     harmonic_filter: reactive[bool] = reactive(False)
+    suggest_mode: reactive[bool] = reactive(False)
     reference_bpm: reactive[float | None] = reactive(None)
     reference_camelot: reactive[str | None] = reactive(None)
+    reference_path: reactive[str | None] = reactive(None)
 
     class LoadRequested(Message):
         """The person chose a track (enter on a row)."""
@@ -162,6 +171,9 @@ class CrateBrowser(Vertical):
         super().__init__(**kwargs)
         self.tracks: list[dict] = list(tracks or [])
         self.shown: list[dict] = []
+        self.suggester = None          # a prep.similarity.Suggester, made on the first toggle
+        self.suggestions: dict[str, object] = {}   # content hash -> Suggestion, for the reference track
+        self._columns_for: bool | None = None
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="browser-bar"):
@@ -172,12 +184,6 @@ class CrateBrowser(Vertical):
 
     def on_mount(self) -> None:
         self._started = True
-        table = self.query_one(DataTable)
-        table.add_column("Title", key="title", width=36)
-        table.add_column("BPM", key="bpm", width=7)
-        table.add_column("Key", key="key", width=10)
-        table.add_column("Cam", key="camelot", width=4)
-        table.add_column("Time", key="duration", width=6)
         # No blinking cursor: it would make screenshots differ and costs redraws for nothing.
         self.border_title = "Crate"
         self.query_one(Input).cursor_blink = False
@@ -186,38 +192,97 @@ class CrateBrowser(Vertical):
     def set_tracks(self, tracks: list[dict]) -> None:
         """Replace the crate's rows (after a rescan)."""
         self.tracks = list(tracks)
+        self._update_suggestions()
         self.refresh_rows()
 
     def visible_tracks(self) -> list[dict]:
-        """The rows the current filters and sort let through, in table order."""
+        """The rows the current filters and sort let through, in table order (by score in suggestion mode)."""
         bpm = self.reference_bpm if self.bpm_filter else None
         camelot = self.reference_camelot if self.harmonic_filter else None
         rows = filter_tracks(self.tracks, self.text, bpm=bpm, camelot=camelot)
+        if self.suggest_mode:
+            ranked = [t for t in rows if t.get("content_hash") in self.suggestions]
+            return sorted(ranked, key=lambda t: -self.suggestions[t["content_hash"]].score)
         return sort_tracks(rows, self.sort_by, self.descending)
+
+    def toggle_suggestions(self, crate_dir: str | Path | None) -> None:
+        """Suggestion mode on / off: the tracks to play after the reference track, best first, with reasons."""
+        if self.suggester is None and crate_dir is not None:
+            from prep.similarity import Suggester
+
+            self.suggester = Suggester(crate_dir)
+        self.suggest_mode = not self.suggest_mode
+
+    def _update_suggestions(self) -> None:
+        # Only when the mode, the reference or the crate changes: a query per keystroke would cost a large crate.
+        self.suggestions = {}
+        if not self.suggest_mode or self.suggester is None or not self.reference_path:
+            return
+        try:
+            found = self.suggester.for_track(self.reference_path, n=SUGGESTIONS)
+        except Exception:  # noqa: BLE001 - a crate without embeddings yet shows no suggestions, not a crash
+            found = []
+        self.suggestions = {s.content_hash: s for s in found}
+
+    def _set_columns(self, table: DataTable) -> None:
+        if self._columns_for == self.suggest_mode:
+            return
+        self._columns_for = self.suggest_mode
+        table.clear(columns=True)
+        table.add_column("Title", key="title", width=36)
+        table.add_column("BPM", key="bpm", width=7)
+        if self.suggest_mode:
+            table.add_column("Cam", key="camelot", width=4)
+            table.add_column("Score", key="score", width=5)
+            table.add_column("Why", key="reason", width=60)
+            return
+        table.add_column("Key", key="key", width=10)
+        table.add_column("Cam", key="camelot", width=4)
+        table.add_column("Time", key="duration", width=6)
 
     def refresh_rows(self) -> None:
         """Redraw the table and the flags line from the current choices."""
         if not self._started or not self.query(DataTable):
             return
         table = self.query_one(DataTable)
+        self._set_columns(table)
         self.shown = self.visible_tracks()
         table.clear()
         for i, t in enumerate(self.shown):
             bpm = t.get("bpm")
-            table.add_row(str(t.get("title") or ""), f"{bpm:6.1f}" if bpm else "  -", str(t.get("key") or "-"),
-                          str(t.get("camelot") or "-"), format_duration(t.get("duration_s")), key=str(i))
+            cells = [str(t.get("title") or ""), f"{bpm:6.1f}" if bpm else "  -"]
+            if self.suggest_mode:
+                s = self.suggestions[t["content_hash"]]
+                cells += [str(t.get("camelot") or "-"), f"{s.score:5.2f}", s.reason]
+            else:
+                cells += [str(t.get("key") or "-"), str(t.get("camelot") or "-"), format_duration(t.get("duration_s"))]
+            table.add_row(*cells, key=str(i))
         arrow = "↓" if self.descending else "↑"
         bpm = (f"BPM ±{BPM_TOLERANCE:.0%} of {self.reference_bpm:.1f}" if self.reference_bpm
                else "BPM ±6% (no deck BPM)") if self.bpm_filter else "BPM: all"
         harm = (f"harmonic with {self.reference_camelot}" if self.reference_camelot
                 else "harmonic (no deck key)") if self.harmonic_filter else "keys: all"
+        sort = f"sort {self.sort_by}{arrow}"
+        if self.suggest_mode:
+            reference = next((t.get("title") for t in self.tracks if t.get("abs_path") == self.reference_path), None)
+            sort = (f"suggested after {reference}" if reference and self.suggestions else
+                    f"no suggestions for {reference} (no embeddings? run ate prep)" if reference else
+                    "suggestions: no crate track on the decks")
         self.query_one("#browser-flags", Static).update(
-            f"sort {self.sort_by}{arrow} │ {bpm} │ {harm} │ {len(self.shown)}/{len(self.tracks)}")
+            f"{sort} │ {bpm} │ {harm} │ {len(self.shown)}/{len(self.tracks)}")
 
     def _changed(self, *_: object) -> None:
         self.refresh_rows()
 
     watch_sort_by = watch_descending = watch_text = watch_bpm_filter = watch_harmonic_filter = _changed
+    def watch_suggest_mode(self) -> None:
+        self._update_suggestions()
+        self.refresh_rows()
+
+    def watch_reference_path(self) -> None:
+        if self.suggest_mode:
+            self._update_suggestions()
+            self.refresh_rows()
 
     def watch_reference_bpm(self) -> None:
         if self.bpm_filter:
