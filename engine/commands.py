@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from prep.stems import STEM_NAMES
 
 __all__ = ["Command", "CommandError", "parse_command", "parse_at", "DECK_PARAMS", "GLOBAL_PARAMS", "COMMANDS",
-           "LOOP_BEATS", "PITCH_RANGES", "HOT_CUES"]
+           "LOOP_BEATS", "PITCH_RANGES", "HOT_CUES", "FX_SLOTS", "fx_param_slot"]
 
 
 class CommandError(ValueError):
@@ -40,6 +40,8 @@ PITCH_RANGES = (0.08, 0.16, 0.50)
 """Pitch fader ranges, as a fraction of the track's tempo."""
 HOT_CUES = 8
 """Hot cues per deck."""
+FX_SLOTS = 3
+"""Effect slots per deck (``fx0`` .. ``fx2``), after the deck filter and before the PFL tap and the fader."""
 
 # Continuous deck parameters: name -> (low, high, default). "stem.NAME" and "mute.NAME"/"solo.NAME" are per stem.
 DECK_PARAMS = {
@@ -96,6 +98,8 @@ COMMANDS: dict[str, tuple[bool, dict[str, str]]] = {
     "crossfader_curve": (False, {"curve": "str"}),
     "quantize": (False, {"on": "bool"}),
     "cancel": (False, {"tag": "str"}),
+    "fx": (True, {"slot": "int", "effect": "name"}),
+    "fx_on": (True, {"slot": "int", "on": "bool"}),
     "transition": (False, {"from_deck": "int", "to_deck": "int", "preset": "str", "bars": "int", "start": "str",
                            "out_beat": "number", "in_beat": "number"}),
 }
@@ -105,6 +109,7 @@ _REQUIRED = {
     "keylock": ("on",), "sync": ("on",), "mute": ("stem", "on"), "solo": ("stem", "on"), "pfl": ("on",),
     "xfader_side": ("side",), "set": ("param", "value"), "bass_swap": ("from_deck", "to_deck"),
     "crossfader_curve": ("curve",), "quantize": ("on",), "cancel": ("tag",),
+    "fx": ("slot", "effect"), "fx_on": ("slot", "on"),
     "transition": ("from_deck", "to_deck"),
 }
 _SIDES = ("A", "B", "thru")
@@ -224,6 +229,11 @@ def parse_command(message: object, n_decks: int = 4, sample_rate: int = 44100) -
             if not isinstance(value, str) or not value or len(value) > 4096:
                 raise CommandError(f"{what} must be a non-empty string, got {value!r}")
             args[arg] = value
+        elif kind == "name":
+            if not isinstance(value, str) or len(value) > 64 or value and not value.replace("-", "_").isidentifier():
+                raise CommandError(f"{what} must be an effect name (letters, digits, _ or -) or \"\" for none, "
+                                   f"got {value!r}")
+            args[arg] = value
         elif kind == "beats":
             x = _number(value, what)
             if not any(abs(x - b) < 1e-9 for b in LOOP_BEATS):
@@ -257,6 +267,22 @@ def parse_at(at: object, sample_rate: int = 44100, what: str = "at") -> tuple[st
     return "frame", value
 
 
+def fx_param_slot(param: str) -> int:
+    """The slot of an effect parameter name ``fx<slot>.<param>`` (e.g. ``fx0.mix``), or -1 if it is not one.
+
+    Raises CommandError for a name that starts like one but is malformed (a slot out of range, no parameter).
+    """
+    if not param.startswith("fx"):
+        return -1
+    base, dot, rest = param.partition(".")
+    slot = base[2:]
+    if not (slot.isascii() and slot.isdigit() and str(int(slot)) == slot) or not dot or not rest.isidentifier():
+        raise CommandError(f"set: effect parameter must be fx<slot>.<name> (e.g. fx0.mix), got {param!r}")
+    if not 0 <= int(slot) < FX_SLOTS:
+        raise CommandError(f"set {param}: effect slot must be 0..{FX_SLOTS - 1}")
+    return int(slot)
+
+
 def _check_values(name: str, deck: int, args: dict, n_decks: int) -> None:
     if name == "seek" and len(args) != 1:
         raise CommandError("seek: give exactly one of seconds, beat, frame")
@@ -282,10 +308,16 @@ def _check_values(name: str, deck: int, args: dict, n_decks: int) -> None:
         a, b = args["from_deck"], args["to_deck"]
         if not (0 <= a < n_decks and 0 <= b < n_decks) or a == b:
             raise CommandError(f"bass_swap: from_deck and to_deck must be two different decks 0..{n_decks - 1}")
+    if name in ("fx", "fx_on") and not 0 <= args["slot"] < FX_SLOTS:
+        raise CommandError(f"{name}.slot must be 0..{FX_SLOTS - 1}, got {args['slot']}")
     if name == "set":
         param = args["param"]
         table = DECK_PARAMS if deck >= 0 else GLOBAL_PARAMS
         base, _, stem = param.partition(".")
+        if deck >= 0 and fx_param_slot(param) >= 0:
+            if math.isnan(args["value"]) or math.isinf(args["value"]):
+                raise CommandError(f"set {param}: value must be finite, got {args['value']}")
+            return          # the range is the effect's: the engine checks it against the slot's effect
         if deck >= 0 and base == "stem":
             if stem not in STEM_NAMES:
                 raise CommandError(f"set: stem parameter must be stem.drums|bass|vocals|other, got {param!r}")

@@ -8,8 +8,18 @@ mixer DSP's ``numba`` kernels over them.
 Signal path, per block: stems -> :class:`engine.stretch.Stretcher` (keylock or
 vinyl; the four stems stay sample-aligned) -> per-stem gain (fader x mute x
 solo, ramped per sample) and sum -> trim x auto-gain x transport fade ->
-3-band EQ -> filter = the pre-fader signal (what PFL hears). The engine then
-applies the channel fader and crossfader.
+3-band EQ -> filter -> effect slots = the pre-fader signal (what PFL hears). The
+engine then applies the channel fader and crossfader.
+
+Effects
+-------
+Up to :data:`~engine.commands.FX_SLOTS` effects (:mod:`engine.effects`) run in
+series after the filter. A slot holds an :class:`~engine.effects.FxUnit` built
+by ``Engine.send``; a replaced unit is switched off and keeps running (an echo
+rings out, an insert effect fades to bypass) until its ``process`` reports it
+inactive, then goes to the garbage queue. While the deck is stopped its block
+is silence and the effects still run for their tails; an inactive effect on
+silence is not called at all, so a tail that has died away costs nothing.
 
 Transport and time
 ------------------
@@ -29,13 +39,15 @@ or leaving a loop restarts the stretcher once, at the playhead.
 
 from __future__ import annotations
 
+import collections
 import math
 
 import numba
 import numpy as np
 
-from engine.commands import DECK_PARAMS, HOT_CUES
+from engine.commands import DECK_PARAMS, FX_SLOTS, HOT_CUES
 from engine.dsp import MAX_EQ_DB, DjEq, DjFilter, db_to_gain, eq_block, filter_block, gain_ramp_block
+from engine.effects.base import FxUnit
 from engine.grid import beat_at, frames_per_beat, position_at
 from engine.stretch import Stretcher, stretch_block_int16
 from engine.track import REFERENCE_LUFS, DeckTrack
@@ -150,6 +162,14 @@ class Deck:
         self.slip_position = 0.0
         self.synced = False
         self.sync_offset_beats = 0.0
+        self.fx: list[FxUnit | None] = [None] * FX_SLOTS
+        self.fx_on = [True] * FX_SLOTS
+        self.fx_errors = [""] * FX_SLOTS              # why a slot's effect was taken out (it raised)
+        self._fx_leaving: list[FxUnit | None] = [None] * FX_SLOTS
+        self._fx_any = False                           # any unit in a slot or leaving
+        self.master_frames_per_beat = 22050.0          # the engine sets it every block
+        self._fx_frames_per_beat = 0.0                 # the deck's own beat, output frames (0: not known yet)
+        self.garbage: collections.deque = collections.deque()   # the engine gives its own garbage queue
 
     # ------------------------------------------------------------------ track
 
@@ -266,6 +286,8 @@ class Deck:
         track = self.track
         if track is None or not self.playing:
             block[:n_frames] = 0.0
+            if self._fx_any:
+                self._render_fx(n_frames, silent=True)
             return
         self.ratio = ratio
         st = self.stretcher
@@ -309,6 +331,75 @@ class Deck:
         targets[2] = db_to_gain(min(p["eq_high_db"], MAX_EQ_DB))
         post_block(block, n_frames, self._trim_applied, trim, self._eq_state, self._filter_state, p["filter"])
         self._trim_applied = trim
+        if self._fx_any:
+            if self.synced:
+                self._fx_frames_per_beat = self.master_frames_per_beat
+            else:
+                self._fx_frames_per_beat = self.frames_per_beat() / self.tempo_ratio()
+            self._render_fx(n_frames, silent=False)
+
+    # ------------------------------------------------------------------ effects
+
+    def _render_fx(self, n_frames: int, silent: bool) -> None:
+        """Run the effect slots in series over ``self.block[:n_frames]`` (``silent``: the block is all zeros)."""
+        fpb = self._fx_frames_per_beat or self.master_frames_per_beat
+        block = self.block
+        for s in range(FX_SLOTS):
+            for unit in (self._fx_leaving[s], self.fx[s]):
+                if unit is None or silent and not unit.active:
+                    continue
+                try:
+                    active = unit.process(block, n_frames, fpb)
+                except Exception as err:  # noqa: BLE001 -- a plugin's bug must not stop the audio
+                    self._fx_failed(s, unit, err)
+                    continue
+                if active:
+                    silent = False
+                elif unit is self._fx_leaving[s]:
+                    self._fx_leaving[s] = None
+                    self.garbage.append(unit)
+                    self._fx_any = any(u is not None for u in self.fx) or any(
+                        u is not None for u in self._fx_leaving)
+
+    def _fx_failed(self, slot: int, unit: FxUnit, err: Exception) -> None:
+        # Rare path: the strings allocate, but only once, when a plugin breaks.
+        self.fx_errors[slot] = f"{unit.name}: {type(err).__name__}: {err}"[:200]
+        if self.fx[slot] is unit:
+            self.fx[slot] = None
+        if self._fx_leaving[slot] is unit:
+            self._fx_leaving[slot] = None
+        self.garbage.append(unit)
+        self._fx_any = any(u is not None for u in self.fx) or any(u is not None for u in self._fx_leaving)
+
+    def put_fx(self, slot: int, unit: FxUnit | None) -> None:
+        """Put ``unit`` (or nothing) in ``slot`` (audio thread). The unit it replaces is switched off and rings out;
+        one still ringing out from before goes to the garbage queue at once."""
+        old = self.fx[slot]
+        if old is not None:
+            if self._fx_leaving[slot] is not None:
+                self.garbage.append(self._fx_leaving[slot])
+            old.set_on(False)
+            self._fx_leaving[slot] = old
+        if unit is not None:
+            unit.set_on(self.fx_on[slot])
+        self.fx[slot] = unit
+        self.fx_errors[slot] = ""
+        self._fx_any = any(u is not None for u in self.fx) or any(u is not None for u in self._fx_leaving)
+
+    def set_fx_on(self, slot: int, on: bool) -> None:
+        """Switch a slot on or off (off: an echo or reverb stops taking input and rings out; others fade out)."""
+        self.fx_on[slot] = on
+        unit = self.fx[slot]
+        if unit is not None:
+            unit.set_on(on)
+
+    def param_store(self, param: str):
+        """Where a ``set`` parameter lives: the deck's ``params``, or the effect unit of ``fx<slot>.<name>``
+        (None when that slot has no such parameter)."""
+        if not param.startswith("fx"):
+            return self.params
+        unit = self.fx[int(param[2:param.index(".")])]
+        return unit if unit is not None and param in unit else None
 
     # ------------------------------------------------------------------ state
 
@@ -324,9 +415,18 @@ class Deck:
              "cue_s": self.cue_frames / self.sample_rate, "auto_gain_db": round(self.auto_gain_db, 2),
              "params": {k: v for k, v in self.params.items() if not k.startswith(("switch.", "play_gain"))},
              "muted": [n for n, s in STEM_INDEX.items() if self.muted[s]],
-             "soloed": [n for n, s in STEM_INDEX.items() if self.soloed[s]]}
+             "soloed": [n for n, s in STEM_INDEX.items() if self.soloed[s]],
+             "fx": [self._fx_summary(s) for s in range(FX_SLOTS)]}
         if t is not None:
             d["track"] = t.summary()
             d["beat"] = self.beat()
             d["bpm"] = 60.0 * self.sample_rate / self.frames_per_beat() * self.ratio
         return d
+
+    def _fx_summary(self, slot: int) -> dict:
+        unit = self.fx[slot]
+        leaving = self._fx_leaving[slot]
+        return {"slot": slot, "effect": unit.name if unit is not None else "", "on": self.fx_on[slot],
+                "params": unit.values() if unit is not None else {},
+                "ringing": (unit is not None and unit.active) or leaving is not None,
+                "error": self.fx_errors[slot]}

@@ -318,8 +318,9 @@ def warm_up(channels: int = 2, block_frames: int = 256, seconds: float = 0.5) ->
 
     Renders ``seconds`` with a throwaway two-deck :class:`Engine` playing
     :data:`WARM_UP_TRACK` on both decks, synced, with keylock, a key shift, EQ,
-    filter, stem mutes, a loop, the crossfader and PFL touched, then a little
-    more with keylock off (the vinyl resampler) and with odd block sizes.
+    filter, stem mutes, a loop, the crossfader, PFL and every installed deck
+    effect touched, then a little more with keylock off (the vinyl resampler)
+    and with odd block sizes.
 
     Parameters
     ----------
@@ -363,6 +364,13 @@ def warm_up(channels: int = 2, block_frames: int = 256, seconds: float = 0.5) ->
         {"cmd": "keylock", "deck": 0, "on": False, "at": {"frame": half}},
         {"cmd": "nudge", "deck": 1, "amount": 0.0, "at": {"frame": half}},
     ]
+    # Every installed effect once, one after another in deck 0's slots: their kernels compile here, not
+    # in the first `fx` command of a set (which runs beside the audio thread).
+    from engine.commands import FX_SLOTS
+    from engine.effects.registry import effect_names
+
+    for i, name in enumerate(effect_names()):
+        commands.append({"cmd": "fx", "deck": 0, "slot": i % FX_SLOTS, "effect": name})
     for message in commands:
         reply = engine.send(message)
         if not reply["ok"]:

@@ -14,7 +14,7 @@ extras=""
 # (pyrubberband, the reference stretcher), PortAudio and JACK (sounddevice,
 # python-rtmidi; tests run JACK's dummy backend), libsndfile (soundfile),
 # FFTW (the keylock vocoder's transforms in the realtime engine).
-apt_packages=(ffmpeg rubberband-cli libsndfile1 libportaudio2 jackd2 libjack-jackd2-0 libfftw3-double3 python3-venv)
+apt_packages=(ffmpeg rubberband-cli sox libsndfile1 libportaudio2 jackd2 libjack-jackd2-0 libfftw3-double3 python3-venv)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -26,7 +26,7 @@ from prep.stems import STEM_NAMES
 from .waveform import STEM_COLOURS, TrackView, Waveform
 
 __all__ = ["DeckView", "LevelMeter", "MasterStrip", "StatusLine", "HelpScreen", "format_time", "loop_beats",
-           "format_title", "format_info", "format_stems", "format_mixer", "format_flags", "deck_label",
+           "format_title", "format_info", "format_stems", "format_mixer", "format_flags", "format_fx", "deck_label",
            "peak_db"]
 
 SAMPLE_RATE = 44100
@@ -185,6 +185,27 @@ def format_flags(deck: dict) -> Text:
     out.append("  CUES ", "dim")
     for i, cue in enumerate(deck.get("hot_cues_s") or [None] * 8):
         out.append(str(i + 1) if cue is not None else "·", "bold black on #98c379" if cue is not None else "#5c6370")
+    out.append_text(format_fx(deck))
+    return out
+
+
+def format_fx(deck: dict) -> Text:
+    """The deck's effects, ``  FX 1:echo 50% 2:reve~``: slot (from 1), name, mix; dim when the slot is off,
+    ``~`` while an effect taken out still rings. Nothing when no slot holds an effect."""
+    out = Text(no_wrap=True, overflow="ellipsis")
+    slots = [s for s in deck.get("fx") or [] if s.get("effect") or s.get("ringing")]
+    if not slots:
+        return out
+    out.append("  FX", "dim")
+    for s in slots:
+        name = s.get("effect") or ""
+        on = bool(s.get("on", True))
+        out.append(f" {int(s.get('slot', 0)) + 1}:", "dim")
+        if name:
+            mix = float((s.get("params") or {}).get("mix", 0.0))
+            out.append(f"{name[:4]} {mix * 100:.0f}%", "bold #c678dd" if on else "#5c6370")
+        if s.get("ringing") and not (name and on):
+            out.append("~", "#c678dd")
     return out
 
 
