@@ -52,6 +52,7 @@ import numpy as np
 
 from engine.transitions import DEFAULT_TRANSITION, Transition
 from prep.key import camelot_distance, shift_camelot
+from prep.similarity import tempo_relation
 
 __all__ = ["TrackInfo", "TransitionPlan", "order_tracks", "plan_transition", "energy_targets", "tempo_move",
            "key_shift_for", "track_energy", "ENERGY_CURVES", "TEMPO_POLICIES", "MAX_KEY_SHIFT", "MAX_BLEND_TEMPO",
@@ -182,18 +183,12 @@ def track_energy(analysis: dict) -> float:
     return 0.5 * tempo + 0.5 * drive
 
 
-def _octave(bpm: float, around: float) -> float:
-    """``bpm`` halved or doubled to lie within a factor √2 of ``around`` (174 → 87 next to 120)."""
-    while bpm > around * math.sqrt(2.0):
-        bpm /= 2.0
-    while bpm < around / math.sqrt(2.0):
-        bpm *= 2.0
-    return bpm
-
-
 def tempo_move(from_bpm: float, to_bpm: float) -> float:
-    """The tempo move from one track to the next as a fraction, half and double tempo understood (|…|)."""
-    return abs(_octave(to_bpm, from_bpm) / from_bpm - 1.0)
+    """The tempo move from one track to the next as a fraction, half and double tempo understood (|…|): how far
+    apart they are for the route (:func:`prep.similarity.tempo_relation`). A transition between them is
+    still a cut: sync follows beats one to one."""
+    _, pct, _ = tempo_relation(from_bpm, to_bpm)
+    return abs(pct) / 100.0
 
 
 def key_shift_for(out_camelot: str, in_camelot: str, max_shift: int = MAX_KEY_SHIFT) -> int | None:
@@ -417,7 +412,7 @@ def plan_transition(a: TrackInfo, b: TrackInfo, library: dict[str, Transition], 
         raise ValueError(f"tempo policy must be one of {', '.join(TEMPO_POLICIES)}, got {tempo!r}")
     reasons: list[str] = []
     start_bpm = master_bpm or a.bpm
-    move = tempo_move(start_bpm, b.bpm)
+    move = abs(b.bpm / start_bpm - 1.0)        # what the stretcher would do: no half or double tempo
     a_key = a_camelot if a_camelot is not None else a.camelot
     shift = key_shift_for(a_key, b.camelot)
     clash = shift is None
@@ -445,7 +440,10 @@ def plan_transition(a: TrackInfo, b: TrackInfo, library: dict[str, Transition], 
         for bars in range(t0.bars, t0.min_bars - 1, -max(1, (t0.bars - t0.min_bars) // 2 or 1)):
             t = t0.with_bars(bars)
             need = (t.bars + t.tail_bars) * a.beats_per_bar
-            outs = _candidates(a, a.mix_out_beat, int(need), after_beat, "out")
+            # The incoming track drops on a phrase start of the outgoing one: a preset whose incoming deck starts
+            # after bar 0 (an echo out) begins that many bars before the phrase.
+            lead = int(round(t.in_start_bar * a.beats_per_bar))
+            outs = [p - lead for p in _candidates(a, a.mix_out_beat, int(need) - lead, after_beat + lead, "out")]
             ins = _candidates(b, b.mix_in_beat, int(need + MIN_SOLO_BARS * b.beats_per_bar), 0, "in")
             for ob in outs:
                 for ib in ins:
@@ -458,6 +456,7 @@ def plan_transition(a: TrackInfo, b: TrackInfo, library: dict[str, Transition], 
     if best is None:
         return None
     _, t, ob, ib, vocal = best
+    drop = ob + int(round(t.in_start_bar * a.beats_per_bar))
     cut = cut or t.bars <= 1         # a one-bar cut: the incoming track plays at its own tempo from the cut
     if t.name == VOCAL_SAFE_TRANSITION and preset is None:
         reasons.append("both tracks sing in the transition: the vocals change hands on the swap")
@@ -468,15 +467,15 @@ def plan_transition(a: TrackInfo, b: TrackInfo, library: dict[str, Transition], 
     elif tempo == "steady":
         end_bpm = start_bpm
     elif tempo == "meet":
-        end_bpm = 0.5 * (start_bpm + _octave(b.bpm, start_bpm))
+        end_bpm = 0.5 * (start_bpm + b.bpm)
         ramp_bars = t.swap_bar if t.swap_bar else t.bars / 2.0
     else:
-        end_bpm = _octave(b.bpm, start_bpm)
+        end_bpm = b.bpm
         ramp_bars = t.swap_bar if t.swap_bar else t.bars / 2.0
     if not cut and abs(end_bpm - start_bpm) > 1e-6:
         reasons.append(f"tempo {start_bpm:.2f} → {end_bpm:.2f} BPM over {ramp_bars:g} bars ({tempo})")
     return TransitionPlan(out_track=a, in_track=b, preset=t, out_beat=ob, in_beat=ib, key_shift=int(shift),
                           in_camelot=shift_camelot(b.camelot, shift) if b.camelot else "", start_bpm=start_bpm,
                           end_bpm=end_bpm, tempo_ramp_bars=ramp_bars, cut=cut, vocal_overlap_bars=vocal,
-                          phrase_aligned=ob in set(a.phrase_beats.tolist()) and ib in set(b.phrase_beats.tolist()),
+                          phrase_aligned=drop in set(a.phrase_beats.tolist()) and ib in set(b.phrase_beats.tolist()),
                           reasons=reasons)

@@ -210,19 +210,16 @@ def track_from_crate(crate_dir: str | Path, query: str, use_stems: bool = True) 
     use_stems : bool
         Load the stored stems when there are some (else the decoded mix).
     """
-    from prep.crate import Crate, default_db_path
+    from prep.crate import Crate, TrackNotFound, default_db_path
 
     db = default_db_path(Path(crate_dir))
     if not db.exists():
         raise TrackLoadError(f"{crate_dir}: not a prepared crate (no {db}); run `ate prep {crate_dir}` first")
     with Crate(db, readonly=True, root=crate_dir) as crate:
-        found = crate.find_tracks(query)
-        if not found:
-            raise TrackLoadError(f"{crate_dir}: no track matches {query!r}")
-        if len(found) > 1:
-            names = ", ".join(t["title"] for t in found[:4])
-            raise TrackLoadError(f"{crate_dir}: {query!r} matches {len(found)} tracks ({names}...); be more precise")
-        track = found[0]
+        try:
+            track = crate.find_track(query)
+        except TrackNotFound as err:
+            raise TrackLoadError(str(err)) from None
         analysis = crate.get_analysis(track["id"]) or {}
         stems_info = crate.get_stems(track["id"]) if use_stems else None
     title = track.get("title") or Path(track["abs_path"]).stem

@@ -40,7 +40,8 @@ ANALYSIS_SR = 22050
 ANALYSIS_VERSION = 3
 """Bumped when results change meaning; the crate re-analyses older rows.
 2: stem-aware analysis, vocal regions, per-stem loudness.
-3: a steady grid reaches back to a first beat at the very start (its first bar and phrase were lost)."""
+3: a steady grid reaches back to a first beat at the very start (its first bar and phrase were lost), and its
+   phase and spacing are fitted to the attacks rather than its phase alone."""
 
 MIN_DURATION_S = 8.0
 """Shorter files are rejected: no beat grid or key can be trusted below a few bars."""

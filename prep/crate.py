@@ -189,6 +189,10 @@ class CrateError(Exception):
     """The crate database cannot be used (missing, newer than this code, ...)."""
 
 
+class TrackNotFound(LookupError):
+    """A track query names no track of the crate, or several; the message says which in one line."""
+
+
 def default_db_path(crate_dir: Path) -> Path:
     """The database file of the crate in ``crate_dir``: ``crate_dir/.ate/crate.sqlite``."""
     return Path(crate_dir) / DB_DIRNAME / DB_FILENAME
@@ -546,6 +550,19 @@ class Crate:
             if found:
                 return found
         return []
+
+    def find_track(self, query: str) -> dict:
+        """The one track ``query`` names (:meth:`find_tracks`); :class:`TrackNotFound` (one line: no match, or
+        which several match) otherwise."""
+        found = self.find_tracks(query)
+        if len(found) == 1:
+            return found[0]
+        where = self.root or self.db_path
+        if not found:
+            raise TrackNotFound(f"{where}: no track matches {query!r}")
+        names = ", ".join(t["title"] for t in found[:4])
+        raise TrackNotFound(f"{where}: {query!r} matches {len(found)} tracks ({names}{', ...' if len(found) > 4 else ''}"
+                            "); give its path or a content-hash prefix")
 
     def get_analysis(self, track: int | str) -> dict | None:
         """The stored analysis record (the dict of :meth:`prep.analyze.Analysis.to_dict`) of a track, or None.

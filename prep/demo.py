@@ -5,8 +5,9 @@ Writes the tracks of :func:`prep.synth.demo_specs` as FLAC files (with their
 crate next to the truth the generator used, so a newcomer sees in a minute
 what ATE finds and how close it is, and draws one track's stems. Prep
 separates with demucs when its weights are installed, else with the DSP
-fallback (and says so). Run twice, it reuses the files and the crate, and
-finishes in seconds.
+fallback (and says so). It ends with an automix of the crate rendered to
+``FOLDER/demo-mix.flac`` (with its cue sheet and report). Run twice, it
+reuses the files and the crate, and only the mix is rendered again.
 """
 
 from __future__ import annotations
@@ -73,4 +74,30 @@ def run_demo(folder: Path, workers: int | None = None) -> int:
         regions = analysis.get("vocal_regions") or []
         print("  vocals sing " + (", ".join(f"{format_clock(a)}-{format_clock(b)}" for a, b in regions) or "nowhere")
               + f"; mix in {format_clock(analysis['mix_in'])}, out {format_clock(analysis['mix_out'])}")
-    return 1 if report.failed else 0
+    print()
+    status = _render_mix(folder)
+    return 1 if report.failed or status else 0
+
+
+def _render_mix(folder: Path) -> int:
+    """Automix the demo crate into ``folder/demo-mix.flac`` and say what it did."""
+    from controllers.automix import order_tracks
+    from controllers.automix_cli import describe_render
+    from controllers.mixsession import load_crate_tracks, render_mix
+    from engine.transitions import load_library
+
+    tracks, notes = load_crate_tracks(folder)
+    for note in notes:
+        print(f"automix: {note}")
+    if len(tracks) < 2:
+        print("automix: fewer than two prepared tracks; no mix")
+        return 1
+    order = order_tracks(tracks)
+    print("automix: " + " -> ".join(t.title for t in order))
+    summary = render_mix(order, load_library(), folder, folder / "demo-mix.flac")
+    print(describe_render(summary))
+    for t in summary["transitions"]:
+        print(f"  {t['out']} -> {t['in']}: {t['preset']} ({t['bars']} bars) at {t['start_s'] / 60:.0f}:"
+              f"{t['start_s'] % 60:04.1f}, {t['start_bpm']:.1f} -> {t['end_bpm']:.1f} BPM, "
+              f"{t['out_key']} -> {t['in_key_played']}")
+    return 0

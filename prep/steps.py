@@ -40,7 +40,7 @@ from prep.progress import ProgressBar
 __all__ = ["PrepStep", "TrackInput", "register", "steps", "get_step", "run_steps", "load_track_input",
            "STEP_MODULES"]
 
-STEP_MODULES: tuple[str, ...] = ()
+STEP_MODULES: tuple[str, ...] = ("prep.embed", "prep.transcribe", "prep.tonal")
 """Modules whose import registers the built-in steps."""
 
 
@@ -60,6 +60,8 @@ class TrackInput:
         float32 ``(4, frames, 2)`` in :data:`prep.stems.STEM_NAMES` order, or None when the track has no stems.
     analysis : dict
         The analysis record (docs/analysis.md).
+    stems_model : str
+        What made the stems (``"dsp"``, ``"demucs:htdemucs"``, ``"import"``); ``""`` without stems.
     """
 
     content_hash: str
@@ -67,6 +69,7 @@ class TrackInput:
     mix: np.ndarray
     stems: np.ndarray | None
     analysis: dict
+    stems_model: str = ""
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,8 @@ def load_track_input(crate, content_hash: str) -> TrackInput:
         stems, _ = read_stem_file(stored["path"])
         n = min(len(mix), stems.shape[1])
         mix, stems = mix[:n], stems[:, :n]
-    return TrackInput(content_hash, path, mix, stems, crate.get_analysis(content_hash) or {})
+    return TrackInput(content_hash, path, mix, stems, crate.get_analysis(content_hash) or {},
+                      (stored["model"] or "") if stored is not None else "")
 
 
 @dataclass(frozen=True)
@@ -246,8 +250,12 @@ def run_steps(crate, names: Sequence[str] | None = None, workers: int = 1, progr
     return counts
 
 
+INLINE_JOBS = 3
+"""Up to this many jobs run in this process: starting worker processes (imports, model loads) costs more."""
+
+
 def _execute(crate, jobs: list[_Job], workers: int, modules: Sequence[str]) -> Iterator[tuple]:
-    if workers <= 1 or len(jobs) == 1:
+    if workers <= 1 or len(jobs) <= INLINE_JOBS:
         global _worker_crate
         _worker_crate = crate
         for job in jobs:

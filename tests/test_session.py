@@ -8,7 +8,7 @@ syncs, mutes stems and keeps moving an EQ while requesting state; the
 controller keeps moving a channel fader. Meanwhile: deck 1 is started from
 the controller, deck 2 from the TUI (synced: it lands on deck 1's beat), a
 4-beat loop is set and left from the controller's pads, hot cues are set from
-the TUI. ``ATE_SESSION_S`` (default 30) sets how long it plays.
+the TUI. ``ATE_SESSION_S`` (default 20; the run for the issue used 180) sets how long it plays.
 
 Checked on the recording: its length, no clipping, and sync: the kicks of
 both decks fall at one phase of the master beat (measured by folding the
@@ -37,13 +37,13 @@ pytestmark = pytest.mark.skipif(not JackDummyServer.available(), reason="jackd i
 
 SR = 44100
 BLOCK = 256
-SESSION_S = float(os.environ.get("ATE_SESSION_S", "30"))
+SESSION_S = float(os.environ.get("ATE_SESSION_S", "20"))
 BPM_A, BPM_B = 124.0, 128.0
 FLX4 = "presets/pioneer-ddj-flx4.toml"
 
 
 def _track(bpm: float, seed: int) -> str:
-    bars = int(math.ceil((SESSION_S + 20.0) * bpm / 60.0 / 4.0))
+    bars = int(math.ceil((SESSION_S + 45.0) * bpm / 60.0 / 4.0))   # room for a slow, loaded machine
     return f"synth:bpm={bpm:g},seed={seed},bars={bars},style=house"
 
 

@@ -291,6 +291,44 @@ def test_browser_filters_sorts_and_loads_to_the_focused_deck(rig, crate_dir):
     asyncio.run(scenario())
 
 
+def test_browser_suggests_next_tracks_for_the_deck_track(rig, tmp_path):
+    from prep.similarity import Suggester
+    from prep.steps import run_steps
+    from textual.widgets import DataTable
+
+    folder = tmp_path / "crate"
+    folder.mkdir()
+    rows = _write_crate(folder)
+    with Crate(default_db_path(folder)) as crate:
+        assert run_steps(crate, ["embed"])["embed"] == 3          # the real prep step, on the real files
+    alpha = rows[0]
+    assert rig.client.request({"cmd": "load", "deck": 0, "track": alpha["content_hash"], "crate": str(folder)})["ok"]
+    rig.engine.render(512)
+    expected = Suggester(folder).for_track(alpha["content_hash"])
+    assert sorted(s.title for s in expected) == ["Bravo", "Charlie"]
+
+    async def scenario() -> None:
+        app = AteApp(rig.client, crate_dir=folder, n_decks=4)
+        async with app.run_test(size=SIZE) as pilot:
+            await _ready(pilot, app, 1)
+            browser = app.browser
+            await _until(pilot, lambda: browser.reference_path is not None, "the deck's track as the reference")
+            await pilot.press("f7")
+            assert [t["title"] for t in browser.shown] == [s.title for s in expected]     # best first, no Alpha
+            table = browser.query_one(DataTable)
+            assert [str(c.label) for c in table.columns.values()] == ["Title", "BPM", "Cam", "Score", "Why"]
+            first = table.get_row_at(0)
+            assert first[0] == expected[0].title and first[-1] == expected[0].reason
+            assert float(first[3]) == pytest.approx(expected[0].score, abs=0.006)
+            assert "; 8A→" in first[-1] and "tempo" in first[-1]
+            assert "suggested after Alpha" in str(browser.query_one("#browser-flags").render())
+            await pilot.press("f7")                              # back to the whole crate, by title
+            assert [t["title"] for t in browser.shown] == ["Alpha", "Bravo", "Charlie"]
+            assert len(table.columns) == 5 and "Why" not in [str(c.label) for c in table.columns.values()]
+
+    asyncio.run(scenario())
+
+
 # --------------------------------------------------------------------------- snapshots
 
 def _still_rig(rig: Rig) -> None:
