@@ -169,18 +169,17 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _open_track(crate_arg: str, db_arg: str | None, query: str):
     """``(crate, track row)`` for a track query, or an error message."""
-    from prep.crate import Crate, default_db_path
+    from prep.crate import Crate, TrackNotFound, default_db_path
 
     db = Path(db_arg) if db_arg else default_db_path(Path(crate_arg))
     if not db.exists():
         return None, f"{db}: no crate database (run `ate prep {crate_arg}` first)"
     crate = Crate(db)
-    found = crate.find_tracks(query)
-    if len(found) != 1:
+    try:
+        return crate, crate.find_track(query)
+    except TrackNotFound as err:
         crate.close()
-        what = "no track" if not found else f"{len(found)} tracks"
-        return None, f"{query}: {what} in {db} match (give a path, a title or a hash prefix)"
-    return crate, found[0]
+        return None, str(err)
 
 
 def _cmd_stems(args: argparse.Namespace) -> int:
@@ -240,7 +239,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from ate.bench import run_benchmark
 
-    result = run_benchmark(args.what, quick=args.quick)
+    options = {}
+    if args.stretcher:
+        if args.what != "automix":
+            print("error: --stretcher is for ate bench automix", file=sys.stderr)
+            return EXIT_USAGE
+        options["stretcher"] = args.stretcher
+    result = run_benchmark(args.what, quick=args.quick, **options)
     if args.json:
         print(json.dumps(result))
     else:
@@ -285,30 +290,62 @@ def _cmd_render(args: argparse.Namespace) -> int:
 def _cmd_engine(args: argparse.Namespace) -> int:
     import signal
 
+    from controllers.surfaces import SurfaceError, check_surface_spec
     from engine.process import EngineProcess, EngineProcessError
 
     try:
+        if args.surface and args.curve:
+            raise ValueError("--surface with --curve: surfaces connect without keys (run them with the engine "
+                             "unencrypted on loopback, or as separate clients)")
+        for spec in args.surface:
+            check_surface_spec(spec)          # a typo is reported before the engine starts
         proc = EngineProcess(n_decks=args.decks, channels=args.channels, device=args.device,
                              block_frames=args.block_frames, latency=args.latency, host_api=args.host_api,
                              endpoint=args.endpoint, pub_endpoint=args.pub, curve_dir=args.curve,
                              record_path=args.record, record_minutes=args.record_minutes)
-    except (EngineProcessError, ValueError) as err:
+    except (EngineProcessError, SurfaceError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     report = proc.start_report
+    try:
+        surfaces = _start_surfaces(args.surface, proc, args)
+    except SurfaceError as err:
+        print(f"error: {err}", file=sys.stderr)
+        proc.close()
+        return EXIT_USAGE
     print(json.dumps({"endpoint": proc.endpoint, "pub_endpoint": proc.pub_endpoint, "device": report.get("device"),
                       "host_api": report.get("host_api"), "latency_s": report.get("latency_s"),
-                      "block_frames": report.get("block_frames")}), flush=True)
+                      "block_frames": report.get("block_frames"), "surfaces": [s.describe() for s in surfaces]}),
+          flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(0.5) and proc.send({"request": "state"}).get("ok"):
         pass
+    for surface in surfaces:
+        surface.close()
     proc.close()
     final = proc.final_report or {}
     print(f"engine stopped: {final.get('seconds', 0):.1f} s played, {final.get('xruns', 0)} xruns"
           + _recorded_note(final), file=sys.stderr)
     return EXIT_OK
+
+
+def _start_surfaces(specs: list[str], proc, args: argparse.Namespace) -> list:
+    """Start the ``--surface`` plugins on an engine process (its loopback endpoints; not with ``--curve``, whose
+    server admits only the clients of its keys); if one fails, those started are closed again."""
+    from controllers.client import EngineClient
+    from controllers.surfaces import start_surface
+
+    started: list = []
+    try:
+        for spec in specs:
+            started.append(start_surface(spec, lambda: EngineClient(proc.endpoint, proc.pub_endpoint)))
+    except Exception:
+        for surface in started:
+            surface.close()
+        raise
+    return started
 
 
 def _recorded_note(report: dict) -> str:
@@ -320,10 +357,29 @@ def _recorded_note(report: dict) -> str:
     return f"; recorded {recorded['seconds']:.1f} s to {recorded['path']}"
 
 
+def _add_engine_process_args(p: argparse.ArgumentParser) -> None:
+    """What ``ate engine`` and ``ate live`` share: the decks, the sound card, the recording, surfaces."""
+    p.add_argument("--decks", type=int, default=4, help="number of decks (4)")
+    p.add_argument("--channels", type=int, choices=(2, 4), default=2, help="2, or 4 for a headphone cue on 3-4")
+    p.add_argument("--device", default=None, help="output device: index or part of its name (default: PortAudio's)")
+    p.add_argument("--host-api", default=None, help="host API to pick the device from, e.g. JACK or ALSA")
+    p.add_argument("--block-frames", type=int, default=256, metavar="N", help="frames per callback (256)")
+    p.add_argument("--latency", default=None, type=_latency_arg,
+                   help="suggested output latency: seconds, or low/high (PortAudio's choice)")
+    _add_record_args(p)
+    _add_surface_arg(p)
+
+
 def _add_record_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record", default=None, metavar="FILE", help="record the master output to FILE (.wav or .flac)")
     p.add_argument("--record-minutes", type=float, default=120.0, metavar="M",
                    help="longest recording, minutes (memory is taken at start: 21 MB a minute)")
+
+
+def _add_surface_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--surface", action="append", default=[], metavar="NAME[:OPTIONS]",
+                   help="start a control-surface plugin (ate plugins lists them), e.g. midi:pioneer-ddj-flx4,"
+                        "api=jack; OPTIONS are key=value items joined by commas (repeatable)")
 
 
 def _cmd_keys(args: argparse.Namespace) -> int:
@@ -436,26 +492,34 @@ def _cmd_live(args: argparse.Namespace) -> int:
     from engine.process import EngineProcess, EngineProcessError
     from tui.app import run_tui
 
+    from controllers.surfaces import SurfaceError, check_surface_spec
+
     try:
         presets = [load_preset(_preset_path(name)) for name in args.midi]
+        for spec in args.surface:
+            check_surface_spec(spec)
         proc = EngineProcess(n_decks=args.decks, channels=args.channels, device=args.device,
                              block_frames=args.block_frames, latency=args.latency, host_api=args.host_api,
                              endpoint=args.endpoint, pub_endpoint=args.pub, record_path=args.record,
                              record_minutes=args.record_minutes)
-    except (PresetError, EngineProcessError, ValueError) as err:
+    except (PresetError, EngineProcessError, SurfaceError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     bridges: list = []
+    surfaces: list = []
     client = EngineClient(proc.endpoint, proc.pub_endpoint)
     try:
         for preset in presets:
             bridges.append(MidiBridge(preset, EngineClient(proc.endpoint, proc.pub_endpoint), api=args.midi_api,
                                       crate_dir=args.crate))
+        surfaces = _start_surfaces(args.surface, proc, args)
         run_tui(client, args.crate, args.decks)
-    except MidiPortError as err:
+    except (MidiPortError, SurfaceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     finally:
+        for surface in surfaces:
+            surface.close()
         for bridge in bridges:
             bridge.close()
             bridge.client.close()
@@ -526,7 +590,8 @@ def _latency_arg(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"latency must be seconds, low or high, got {text!r}") from None
 
 
-CLI_MODULES: tuple[str, ...] = ("controllers.automix_cli",)
+CLI_MODULES: tuple[str, ...] = ("controllers.automix_cli", "prep.similarity", "prep.transcribe", "prep.tonal",
+                               "controllers.surfaces")
 """Modules that define subcommands beside their code: each has ``register_cli(subparsers)``, which adds its
 parsers with ``set_defaults(func=...)``; a handler returns the exit code. Their top level imports only light
 modules (heavy ones inside the handlers), so ``ate --help`` stays fast."""
@@ -609,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=list(BENCHMARKS), help="what to measure")
     p.add_argument("--json", action="store_true", help="compact JSON on one line")
     p.add_argument("--quick", action="store_true", help="a smaller set, for a fast check")
+    p.add_argument("--stretcher", choices=("rubberband",), default=None,
+                   help="automix: also render the planner's route with Rubber Band R3 stretching the decks")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("engine", help="run the engine in its own process, served over ZeroMQ (docs/protocol.md)")
@@ -616,14 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pub", default=DEFAULT_PUB_ENDPOINT, help="state and beat stream (PUB); loopback unless --curve")
     p.add_argument("--curve", default=None, metavar="DIR",
                    help="serve with CURVE keys made by `ate keys DIR` (needed for a non-loopback address)")
-    p.add_argument("--decks", type=int, default=4, help="number of decks (4)")
-    p.add_argument("--channels", type=int, choices=(2, 4), default=2, help="2, or 4 for a headphone cue on 3-4")
-    p.add_argument("--device", default=None, help="output device: index or part of its name (default: PortAudio's)")
-    p.add_argument("--host-api", default=None, help="host API to pick the device from, e.g. JACK or ALSA")
-    p.add_argument("--block-frames", type=int, default=256, metavar="N", help="frames per callback (256)")
-    p.add_argument("--latency", default=None, type=_latency_arg,
-                   help="suggested output latency: seconds, or low/high (PortAudio's choice)")
-    _add_record_args(p)
+    _add_engine_process_args(p)
     p.set_defaults(func=_cmd_engine)
 
     p = sub.add_parser("live", help="play live: the engine, the terminal UI and MIDI controllers at once")
@@ -633,14 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--midi-api", choices=("jack", "alsa"), default=None, help="MIDI system (default: rtmidi's)")
     p.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="also serve other programs here (loopback)")
     p.add_argument("--pub", default=DEFAULT_PUB_ENDPOINT, help="state and beat stream (loopback)")
-    p.add_argument("--decks", type=int, default=4, help="number of decks (4)")
-    p.add_argument("--channels", type=int, choices=(2, 4), default=2, help="2, or 4 for a headphone cue on 3-4")
-    p.add_argument("--device", default=None, help="output device: index or part of its name (default: PortAudio's)")
-    p.add_argument("--host-api", default=None, help="host API to pick the device from, e.g. JACK or ALSA")
-    p.add_argument("--block-frames", type=int, default=256, metavar="N", help="frames per callback (256)")
-    p.add_argument("--latency", default=None, type=_latency_arg,
-                   help="suggested output latency: seconds, or low/high (PortAudio's choice)")
-    _add_record_args(p)
+    _add_engine_process_args(p)
     p.set_defaults(func=_cmd_live)
 
     p = sub.add_parser("tui", help="the terminal UI of an engine that runs elsewhere (ate engine)")

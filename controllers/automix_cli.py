@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["register_cli", "parse_duration"]
+__all__ = ["register_cli", "parse_duration", "describe_render"]
 
 
 def parse_duration(text: str) -> float:
@@ -57,6 +57,12 @@ def register_cli(sub) -> None:
     p.add_argument("--order", metavar="T1,T2,...", help="exactly these tracks in this order")
     p.add_argument("--transition", metavar="NAME", help="one preset for every transition (see presets/transitions)")
     p.add_argument("--block-frames", type=int, default=512, metavar="N", help="engine block (render: 512)")
+    p.add_argument("--no-auto-eq", dest="auto_eq", action="store_false",
+                   help="leave the incoming deck's EQ flat (default: matched to the outgoing track's tonal balance "
+                        "during each transition, from the prep step tonal)")
+    p.add_argument("--stretcher", choices=("engine", "rubberband"), default="engine",
+                   help="with --render: what time-stretches the decks: the realtime keylock (default), or Rubber "
+                        "Band R3 for a high-quality render (about 10x the CPU time; the same plan and points)")
     p.add_argument("--pub", default=None, help="with --connect: the engine's state stream")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_automix)
@@ -66,16 +72,19 @@ def _resolve(crate_dir: str, tracks: list, spec: str | None) -> list:
     """Tracks named in a comma-separated list (title, path or hash prefix), in that order."""
     if not spec:
         return []
-    from prep.crate import Crate, default_db_path
+    from prep.crate import Crate, TrackNotFound, default_db_path
 
     by_hash = {t.content_hash: t for t in tracks}
     out = []
     with Crate(default_db_path(Path(crate_dir)), readonly=True, root=crate_dir) as crate:
         for query in [q.strip() for q in spec.split(",") if q.strip()]:
-            found = [r for r in crate.find_tracks(query) if r["content_hash"] in by_hash]
-            if len(found) != 1:
-                raise ValueError(f"{crate_dir}: {query!r} matches {len(found)} mixable tracks (need exactly one)")
-            out.append(by_hash[found[0]["content_hash"]])
+            try:
+                row = crate.find_track(query)
+            except TrackNotFound as err:
+                raise ValueError(str(err)) from None
+            if row["content_hash"] not in by_hash:
+                raise ValueError(f"{crate_dir}: {row['title']!r} cannot be mixed (see the notes above)")
+            out.append(by_hash[row["content_hash"]])
     return out
 
 
@@ -102,6 +111,9 @@ def _cmd_automix(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.crate}: no prepared track to mix (run ate prep {args.crate})")
     except (CrateError, TransitionError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.stretcher != "engine" and not args.render:
+        print(f"error: --stretcher {args.stretcher} is for --render (it cannot keep up live)", file=sys.stderr)
         return 2
     if args.plan:
         return _print_plan(order, library, args)
@@ -136,59 +148,29 @@ def _print_plan(order, library, args) -> int:
 
 
 def _render(order, library, args) -> int:
-    import soundfile as sf
+    from controllers.mixsession import render_mix
 
-    from controllers.mixsession import MixSession, OfflinePort, write_cue_sheet
-    from engine.core import Engine
-    from prep.progress import ProgressBar
-
-    out = Path(args.render)
-    if not out.parent.is_dir():
-        print(f"error: {out}: cannot write (no folder {out.parent})", file=sys.stderr)
-        return 2
-    subtype = "FLOAT" if out.suffix.lower() == ".wav" else "PCM_24"
-    estimate_s = args.duration or sum(
-        (t.beats_s[t.mix_out_beat] - t.beats_s[t.mix_in_beat]) for t in order) + 30.0
-    session = MixSession(order, library, args.crate, tempo=args.tempo, duration_s=args.duration,
-                         transition=args.transition, energy=args.energy)
     try:
-        writer = sf.SoundFile(str(out), "w", 44100, 2, subtype=subtype)
-    except (RuntimeError, OSError) as err:
-        print(f"error: {out}: cannot write ({err})", file=sys.stderr)
+        summary = render_mix(order, library, args.crate, args.render, duration_s=args.duration, tempo=args.tempo,
+                             transition=args.transition, energy=args.energy, block_frames=args.block_frames,
+                             stretcher=args.stretcher, auto_eq=args.auto_eq)
+    except OSError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
-    import time
-
-    started = time.monotonic()
-    with writer, ProgressBar(f"automix {out.name}") as bar:
-        engine = Engine(n_decks=2, max_block_frames=max(512, args.block_frames))
-
-        def progress(seconds: float) -> None:
-            wall = max(time.monotonic() - started, 1e-6)
-            bar.fraction(seconds / estimate_s, rate=f"{seconds / wall:.0f}× realtime")
-
-        port = OfflinePort(engine, writer.write, block_frames=args.block_frames, progress=progress)
-        try:
-            report = session.run(port)
-        except KeyboardInterrupt:
-            report = session.report
-            report.stopped_by = "interrupted"
-            report.seconds = port.seconds
-    report_path = out.with_suffix(".json")
-    cue_path = out.with_suffix(".cue")
-    write_cue_sheet(cue_path, report.tracks, out.name)
-    summary = dict(report.to_dict(), output=str(out), cue=str(cue_path),
-                   wall_s=round(time.monotonic() - started, 3))
-    summary["realtime_factor"] = round(report.seconds / max(summary["wall_s"], 1e-6), 2)
-    report_path.write_text(json.dumps(summary, indent=1), encoding="utf-8")
     if args.json:
         print(json.dumps(summary))
     else:
-        print(f"{out}: {len(report.tracks)} tracks, {len(report.transitions)} transitions, "
-              f"{report.seconds / 60:.1f} min in {summary['wall_s']:.0f} s ({summary['realtime_factor']}× realtime); "
-              f"cue sheet {cue_path.name}, report {report_path.name}")
-        for note in report.notes:
-            print(f"  note: {note}")
-    return 130 if report.stopped_by == "interrupted" else 0
+        print(describe_render(summary))
+    return 130 if summary["stopped_by"] == "interrupted" else 0
+
+
+def describe_render(summary: dict) -> str:
+    """Two or more lines for people about a finished render (its notes last)."""
+    lines = [f"{summary['output']}: {len(summary['tracks'])} tracks, {len(summary['transitions'])} transitions, "
+             f"{summary['seconds'] / 60:.1f} min in {summary['wall_s']:.0f} s ({summary['realtime_factor']}× "
+             f"realtime); cue sheet {Path(summary['cue']).name}, report {Path(summary['report']).name}"]
+    lines += [f"  note: {note}" for note in summary["notes"]]
+    return "\n".join(lines)
 
 
 def _live(order, library, args) -> int:
@@ -200,7 +182,7 @@ def _live(order, library, args) -> int:
 
     stop = threading.Event()
     session = MixSession(order, library, args.crate, tempo=args.tempo, duration_s=args.duration,
-                         transition=args.transition, energy=args.energy)
+                         transition=args.transition, energy=args.energy, auto_eq=args.auto_eq)
     if args.connect:
         client = EngineClient(args.connect, args.pub)
         try:

@@ -57,7 +57,7 @@ BUTTON_ACTIONS = {
     "play_pause": (), "cue": (), "sync": (), "keylock": (), "pfl": (), "hotcue": ("n",), "hotcue_clear": ("n",),
     "loop": ("beats",), "loop_halve": (), "loop_double": (), "reloop": (), "loop_exit": (), "loop_roll": ("beats",),
     "beat_jump": ("beats",), "stem_mute": ("stem",), "shift": (), "jog_touch": (), "quantize": (), "leader": (),
-    "load": (), "pitch_range": (),
+    "load": (), "pitch_range": (), "transition": (),
 }
 """Button actions and their arguments (pressed when the value is above 0)."""
 ABSOLUTE_ACTIONS = {
@@ -126,6 +126,8 @@ class InputMapping:
     encoding: str | None = None
     invert: bool = False
     takeover: bool = True
+    preset: str | None = None
+    start: str = "phrase"
     line: int = 0
 
 
@@ -180,7 +182,7 @@ class Preset:
 # ====================================================================== loading and checking
 
 _INPUT_KEYS = {"name", "status", "channel", "number", "deck", "layer", "action", "n", "beats", "stem", "lsb",
-               "encoding", "invert", "takeover"}
+               "encoding", "invert", "takeover", "preset", "start"}
 _OUTPUT_KEYS = {"name", "status", "channel", "number", "deck", "state", "n", "on", "off"}
 _CONTROLLER_KEYS = {"name", "port", "decks", "sources", "notes"}
 
@@ -335,6 +337,21 @@ def _parse_tables(tables: object, table_lines: list[int], kind: str, text: str, 
         stem = t.get("stem")
         if stem is not None and stem not in STEMS:
             fail(at("stem"), f"{name}: stem must be one of {', '.join(STEMS)}, got {stem!r}")
+        transition_preset, start = t.get("preset"), t.get("start", "phrase")
+        if ("preset" in t or "start" in t) and action != "transition":
+            fail(at("preset" if "preset" in t else "start"), f"{name}: preset and start are for action \"transition\"")
+        if start not in ("phrase", "bar"):
+            fail(at("start"), f"{name}: start must be \"phrase\" or \"bar\", got {start!r}")
+        if transition_preset is not None:
+            from engine.transitions import TransitionError, load_library
+
+            try:
+                known_presets = load_library()
+            except TransitionError as err:
+                fail(at("preset"), f"{name}: the transition presets cannot be read ({err})")
+            if transition_preset not in known_presets:
+                fail(at("preset"), f"{name}: unknown transition preset {transition_preset!r}; known: "
+                     f"{', '.join(sorted(known_presets))}")
         lsb = t.get("lsb")
         if lsb is not None and (status != "cc" or action not in ABSOLUTE_ACTIONS or not _is_int(lsb)
                                 or not 0 <= lsb <= 127 or lsb == number):
@@ -357,7 +374,8 @@ def _parse_tables(tables: object, table_lines: list[int], kind: str, text: str, 
         out.append(InputMapping(name=name, status=status, channel=channel, number=number, action=action, deck=deck,
                                 layer=layer, n=n, beats=None if beats is None else float(beats), stem=stem, lsb=lsb,
                                 encoding=encoding, invert=bool(t.get("invert", False)),
-                                takeover=bool(t.get("takeover", True)), line=line))
+                                takeover=bool(t.get("takeover", True)), preset=transition_preset, start=start,
+                                line=line))
     return out
 
 
@@ -583,6 +601,10 @@ class MidiMapper:
         if a == "load":
             self.load_requests.append(deck)
             return []
+        if a == "transition":
+            # Into this deck from the one playing (the engine picks it, docs/automix.md).
+            cmd = {"cmd": "transition", "to_deck": deck, "start": m.start, "tag": "transition"}
+            return [cmd | {"preset": m.preset}] if m.preset else [cmd]
         return []
 
     @staticmethod

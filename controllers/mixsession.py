@@ -23,6 +23,7 @@ notices (the engine's state counts cancels) and ends, and the DJ plays on.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -36,13 +37,18 @@ import numpy as np
 from controllers.automix import (DRIFT_BARS, MIN_SOLO_BARS, TrackInfo, TransitionPlan, order_tracks,
                                  plan_transition)
 from engine.commands import DECK_PARAMS
-from engine.transitions import Transition
+from engine.transitions import Transition, touched_params
 
 __all__ = ["MixSession", "SessionReport", "OfflinePort", "LivePort", "TAG", "write_cue_sheet", "FADE_OUT_BARS",
-           "load_crate_tracks"]
+           "load_crate_tracks", "render_mix"]
 
 TAG = "automix"
 FADE_OUT_BARS = 8
+AUTO_EQ_STRENGTH = 0.7
+"""How much of the tonal match (:func:`prep.tonal.propose_eq`) the incoming deck's EQ gets during a transition."""
+AUTO_EQ_RELEASE_BARS = 16
+"""Bars over which the incoming deck's matching EQ goes back to flat after the transition."""
+EQ_PARAMS = ("eq_low_db", "eq_mid_db", "eq_high_db")
 """The last track fades out over this many bars from a phrase start."""
 _PITCH_RANGE = 0.16
 _CUT_PITCH_RANGE = 0.5
@@ -275,7 +281,7 @@ class MixSession:
                  decks: tuple[int, int] = (0, 1), tempo: str = "drift", duration_s: float | None = None,
                  transition: str | None = None, energy: str = "steady",
                  on_note: Callable[[str], None] | None = None,
-                 restyle: Callable[[TransitionPlan], TransitionPlan] | None = None):
+                 restyle: Callable[[TransitionPlan], TransitionPlan] | None = None, auto_eq: bool = True):
         if not order:
             raise ValueError("automix: no tracks to play")
         self.order = list(order)
@@ -288,6 +294,8 @@ class MixSession:
         self.energy = energy
         self.on_note = on_note or (lambda line: print(f"automix: {line}", file=sys.stderr))
         self.restyle = restyle
+        self.auto_eq = auto_eq
+        self._bands: dict[str, dict | None] = {}
         self.report = SessionReport()
 
     # ------------------------------------------------------------------ helpers
@@ -336,6 +344,34 @@ class MixSession:
         self._send(port, {"cmd": "set", "deck": deck, "param": "pitch", "value": 0.0})
         port.run_seconds(0.05)          # the engine puts the track on the deck at its next block
         return True
+
+    def _track_bands(self, content_hash: str) -> dict | None:
+        """A track's stored tonal balances (the prep step ``tonal``), None when it has none; read once."""
+        if content_hash not in self._bands:
+            from prep.crate import Crate, default_db_path
+            from prep.tonal import track_bands
+
+            with Crate(default_db_path(Path(self.crate_dir)), readonly=True) as crate:
+                self._bands[content_hash] = track_bands(crate, content_hash)
+        return self._bands[content_hash]
+
+    def _matching_eq(self, out: TrackInfo, inc: TrackInfo, preset: Transition) -> dict[str, float]:
+        """EQ for the incoming deck that matches its tonal balance to the outgoing track's, for the bands the
+        preset leaves alone on both decks (its own EQ curves win); {} without tonal data or with auto-EQ off."""
+        if not self.auto_eq:
+            return {}
+        a, b = self._track_bands(out.content_hash), self._track_bands(inc.content_hash)
+        if a is None or b is None:
+            return {}
+        from prep.tonal import propose_eq
+
+        try:
+            eq = propose_eq(a, b, strength=AUTO_EQ_STRENGTH)
+        except ValueError as err:
+            self._note(f"no auto-EQ for {inc.title}: {err}")
+            return {}
+        moved = set(touched_params(preset))         # the preset sets these on the incoming deck itself
+        return {p: v for p, v in eq.items() if p not in moved and v != 0.0}
 
     def _offset(self, port, deck: int) -> float:
         st = port.state()
@@ -417,6 +453,9 @@ class MixSession:
             target = plan.end_bpm / cur.track.bpm - 1.0
             self._send(port, {"cmd": "set", "deck": cur.deck, "param": "pitch", "value": target,
                               "ramp": {"beats": plan.tempo_ramp_bars * bpb}, "at": {"beat": start}})
+        eq = self._matching_eq(cur.track, plan.in_track, t)
+        for param, value in eq.items():
+            self._send(port, {"cmd": "set", "deck": deck, "param": param, "value": value})
         reply = self._send(port, {"cmd": "transition", "from_deck": cur.deck, "to_deck": deck,
                                   "preset": t.name, "bars": t.bars, "out_beat": float(plan.out_beat),
                                   "in_beat": float(plan.in_beat)})
@@ -427,8 +466,13 @@ class MixSession:
         elif self.tempo == "meet":
             self._send(port, {"cmd": "set", "deck": deck, "param": "pitch", "value": 0.0,
                               "ramp": {"beats": DRIFT_BARS * bpb}, "at": {"beat": reply["end_beat"]}})
+        for param in eq:
+            # Matched while the two play together; alone, the track slowly gets its own sound back.
+            self._send(port, {"cmd": "set", "deck": deck, "param": param, "value": 0.0,
+                              "ramp": {"beats": AUTO_EQ_RELEASE_BARS * bpb}, "at": {"beat": reply["end_beat"]}})
         done = port.run_until_beat(reply["end_beat"] + 1.0)
         entry = plan.to_dict()
+        entry["auto_eq"] = eq
         entry.update({"start_beat": start, "start_s": _round(port.seconds_at_beat(start)),
                       "handover_s": _round(port.seconds_at_beat(handover)),
                       "end_s": _round(port.seconds_at_beat(reply["end_beat"]))})
@@ -489,3 +533,68 @@ def write_cue_sheet(path: str | Path, tracks: list[dict], audio_name: str, title
             lines.append(f"    PERFORMER {quoted(t['artist'])}")
         lines.append(f"    INDEX 01 {stamp(at)}")
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def render_mix(order: list[TrackInfo], library: dict[str, Transition], crate_dir: str | Path, output: str | Path, *,
+               duration_s: float | None = None, tempo: str = "drift", transition: str | None = None,
+               energy: str = "steady", block_frames: int = 512, progress: bool = True,
+               stretcher: str = "engine", auto_eq: bool = True) -> dict:
+    """Render a session to ``output`` (WAV float or FLAC 24-bit) with ``.cue`` and ``.json`` beside it.
+
+    ``stretcher="rubberband"`` redoes the same session (the plan does not depend on the stretcher) with
+    Rubber Band R3 stretching the decks (:mod:`engine.rubberband`), at about a tenth of the speed.
+
+    Faster than real time, streamed to the file block by block (memory does not grow with the length), with a
+    progress bar (rate and ETA) on a terminal. Ctrl-C stops it: what was rendered is kept, ``stopped_by`` says
+    ``"interrupted"``.
+
+    Returns
+    -------
+    dict
+        The session report (:meth:`SessionReport.to_dict`) with ``output``, ``cue``, ``report`` (paths),
+        ``wall_s`` and ``realtime_factor``.
+
+    Raises
+    ------
+    OSError
+        The output cannot be written (the message names the file).
+    """
+    import soundfile as sf
+
+    from engine.core import Engine
+    from prep.progress import ProgressBar
+
+    out = Path(output)
+    if not out.parent.is_dir():
+        raise OSError(f"{out}: cannot write (no folder {out.parent})")
+    subtype = "FLOAT" if out.suffix.lower() == ".wav" else "PCM_24"
+    estimate_s = duration_s or sum(t.beats_s[t.mix_out_beat] - t.beats_s[t.mix_in_beat] for t in order) + 30.0
+    session = MixSession(order, library, crate_dir, tempo=tempo, duration_s=duration_s, transition=transition,
+                         energy=energy, auto_eq=auto_eq)
+    try:
+        writer = sf.SoundFile(str(out), "w", 44100, 2, subtype=subtype)
+    except (RuntimeError, OSError) as err:
+        raise OSError(f"{out}: cannot write ({err})") from None
+    started = time.monotonic()
+    with writer, ProgressBar(f"automix {out.name}", enabled=None if progress else False) as bar:
+        engine = Engine(n_decks=2, max_block_frames=max(512, block_frames), stretcher=stretcher)
+
+        def show(seconds: float) -> None:
+            wall = max(time.monotonic() - started, 1e-6)
+            bar.fraction(seconds / estimate_s, rate=f"{seconds / wall:.0f}× realtime")
+
+        port = OfflinePort(engine, writer.write, block_frames=block_frames, progress=show)
+        try:
+            report = session.run(port)
+        except KeyboardInterrupt:
+            report = session.report
+            report.stopped_by = "interrupted"
+            report.seconds = port.seconds
+    report_path, cue_path = out.with_suffix(".json"), out.with_suffix(".cue")
+    write_cue_sheet(cue_path, report.tracks, out.name)
+    wall_s = time.monotonic() - started
+    summary = dict(report.to_dict(), stretcher=stretcher, output=str(out), cue=str(cue_path),
+                   report=str(report_path), wall_s=round(wall_s, 3),
+                   realtime_factor=round(report.seconds / max(wall_s, 1e-6), 2))
+    report_path.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return summary

@@ -110,7 +110,7 @@ _REQUIRED = {
     "xfader_side": ("side",), "set": ("param", "value"), "bass_swap": ("from_deck", "to_deck"),
     "crossfader_curve": ("curve",), "quantize": ("on",), "cancel": ("tag",),
     "fx": ("slot", "effect"), "fx_on": ("slot", "on"),
-    "transition": ("from_deck", "to_deck"),
+    "transition": ("to_deck",),
 }
 _SIDES = ("A", "B", "thru")
 
@@ -297,7 +297,7 @@ def _check_values(name: str, deck: int, args: dict, n_decks: int) -> None:
     if name == "crossfader_curve" and args["curve"] not in ("linear", "power", "cut"):
         raise CommandError(f"crossfader_curve.curve must be linear, power or cut, got {args['curve']!r}")
     if name == "transition":
-        a, b = args["from_deck"], args["to_deck"]
+        a, b = args.get("from_deck", (args["to_deck"] + 1) % n_decks), args["to_deck"]
         if not (0 <= a < n_decks and 0 <= b < n_decks) or a == b:
             raise CommandError(f"transition: from_deck and to_deck must be two different decks 0..{n_decks - 1}")
         if args.get("start", "phrase") not in ("bar", "phrase"):

@@ -55,7 +55,8 @@ import time
 import numba
 import numpy as np
 
-from engine.commands import GLOBAL_PARAMS, PITCH_RANGES, Command, CommandError, parse_at, parse_command
+from engine.commands import (FX_SLOTS, GLOBAL_PARAMS, PITCH_RANGES, Command, CommandError, fx_param_slot, parse_at,
+                             parse_command)
 from engine.deck import FADE_FRAMES, STEM_INDEX, Deck
 from engine.dsp import Limiter, crossfader_gains, db_to_gain, gain_ramp_block
 from engine.grid import beat_at_many
@@ -103,6 +104,9 @@ def block_peak(block, n_frames):
     return peak
 
 
+STRETCHERS = ("engine", "rubberband")
+"""What stretches the decks: the realtime keylock, or Rubber Band R3 for offline renders."""
+
 STATE_TRIES = 200
 """Attempts at a consistent :meth:`Engine.state` (a sub-block takes well under a millisecond)."""
 
@@ -128,6 +132,10 @@ class Engine:
         Keep each deck's post-fader output of the last :meth:`process` call in :attr:`taps`
         (float32 ``(n_decks, max_block_frames, 2)``; valid for calls of at most ``max_block_frames``):
         what each deck adds to the master before the limiter, for measurements (``ate bench automix``).
+    stretcher : str
+        ``"engine"`` (the realtime keylock) or ``"rubberband"``: Rubber Band R3 stretches the decks
+        (:mod:`engine.rubberband`), for offline renders at the highest quality. It allocates and calls
+        Python per block, so a live output refuses such an engine.
 
     Attributes
     ----------
@@ -140,14 +148,24 @@ class Engine:
     """
 
     def __init__(self, n_decks: int = 4, sample_rate: int = 44100, channels: int = 2, max_block_frames: int = 512,
-                 loader=None, deck_taps: bool = False):
+                 loader=None, deck_taps: bool = False, stretcher: str = "engine"):
         if channels not in (2, 4):
             raise ValueError(f"engine: channels must be 2 or 4, got {channels}")
+        if stretcher not in STRETCHERS:
+            raise ValueError(f"engine: stretcher must be one of {', '.join(STRETCHERS)}, got {stretcher!r}")
+        if stretcher == "rubberband":
+            from engine.rubberband import available
+
+            why = available()
+            if why:
+                raise ValueError(f"engine: the rubberband stretcher cannot be used: {why}")
+        self.stretcher = stretcher
         self.n_decks = int(n_decks)
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)
         self.max_block_frames = int(max_block_frames)
-        self.decks = [Deck(i, sample_rate, max_block_frames) for i in range(self.n_decks)]
+        self.decks = [Deck(i, sample_rate, max_block_frames, stretcher) for i in range(self.n_decks)]
+        self._fx_sent = [[""] * FX_SLOTS for _ in range(self.n_decks)]   # the effect last sent to each slot
         self.limiter = Limiter(sample_rate)
         self.cue_limiter = Limiter(sample_rate)
         self.params = {name: spec[2] for name, spec in GLOBAL_PARAMS.items()}
@@ -167,6 +185,8 @@ class Engine:
         self._hp_applied = (0.0, 1.0)
         self._queue: collections.deque = collections.deque()
         self._garbage: collections.deque = collections.deque()
+        for deck in self.decks:
+            deck.garbage = self._garbage       # replaced effects come back through it too
         self._frame_events: list = []      # (frame, seq, Command), sorted
         self._beat_events: list = []       # (beat, seq, Command), sorted
         self._ramps: dict = {}             # (deck, param) -> [start_frame, end_frame, start_value, end_value]
@@ -185,7 +205,7 @@ class Engine:
     def send(self, message: dict) -> dict:
         """Validate and queue one command; returns the reply (``{"ok": true}`` or ``{"ok": false, "error"}``).
 
-        ``load`` reads the track here, in the caller's thread, before queueing.
+        ``load`` reads the track here, in the caller's thread, before queueing; ``fx`` builds its effect here.
         """
         try:
             cmd = parse_command(message, self.n_decks, self.sample_rate)
@@ -193,6 +213,11 @@ class Engine:
             return _reply(message, False, str(err))
         if cmd.name == "transition":
             return self._send_transition(cmd, message)
+        if cmd.name in ("fx", "set"):
+            try:
+                cmd = self._prepare_fx(cmd)
+            except CommandError as err:
+                return _reply(message, False, str(err))
         if cmd.name == "load":
             try:
                 with self._load_lock:
@@ -221,7 +246,14 @@ class Engine:
         every command is valid.
         """
         a = cmd.args
-        out, inn = self.decks[a["from_deck"]], self.decks[a["to_deck"]]
+        inn = self.decks[a["to_deck"]]
+        if "from_deck" in a:
+            out = self.decks[a["from_deck"]]
+        else:
+            playing = [d for d in self.decks if d.playing and d.loaded and d is not inn]
+            if not playing:
+                return _reply(message, False, f"transition: no deck is playing to mix into deck {inn.index}")
+            out = next((d for d in playing if d.index == self.leader), playing[0])
         try:
             library = self.transitions()
         except TransitionError as err:
@@ -229,8 +261,8 @@ class Engine:
         name = a.get("preset", DEFAULT_TRANSITION)
         if name not in library:
             return _reply(message, False, f"transition: unknown preset {name!r}; known: {', '.join(sorted(library))}")
-        if not (out.loaded and out.playing and out.synced):
-            return _reply(message, False, f"transition: deck {out.index} must be playing with sync on")
+        if not (out.loaded and out.playing):
+            return _reply(message, False, f"transition: deck {out.index} must be playing")
         if not inn.loaded or inn.playing:
             return _reply(message, False, f"transition: deck {inn.index} must hold a track, stopped")
         t = library[name].with_bars(a["bars"]) if "bars" in a else library[name]
@@ -256,18 +288,68 @@ class Engine:
             in_downbeats = beat_at_many(inn.track.beats_frames, inn.track.downbeats_frames)
             later = in_downbeats[in_downbeats >= cued - 0.5]
             in_beat = float(round(later[0])) if len(later) else float(round(cued))
-        start_beat = start - out.sync_offset_beats
         tag = cmd.tag or "transition"
+        join: list[Command] = []
+        if out.synced:
+            offset = out.sync_offset_beats
+        else:
+            # The transition is timed on the master clock, so the outgoing deck joins sync first, with the whole-beat
+            # offset fixed here: where the audio thread applies it a block later, a phase near half a beat could
+            # round the other way and move the transition by a beat.
+            offset = float(round(now - self.master_beat))
+            join = [Command("sync", out.index, {"on": True, "offset_beats": offset}, "now", 0.0, tag=tag)]
+        start_beat = start - offset
         messages = [{"cmd": "sync", "deck": inn.index, "on": True, "tag": tag},
                     {"cmd": "seek", "deck": inn.index, "beat": in_beat, "tag": tag}]
         messages += compile_transition(t, out.index, inn.index, start_beat, bpb, tag=tag)
         try:
-            parsed = [parse_command(m, self.n_decks, self.sample_rate) for m in messages]
+            parsed = [self._prepare_fx(parse_command(m, self.n_decks, self.sample_rate)) for m in messages]
         except CommandError as err:
             return _reply(message, False, f"transition {name}: {err}")
-        self._queue.extend(parsed)
-        return _reply(message, True, preset=t.name, bars=t.bars, start_beat=start_beat, out_beat=start,
+        self._queue.extend(join + parsed)
+        return _reply(message, True, preset=t.name, bars=t.bars, from_deck=out.index, start_beat=start_beat,
+                      out_beat=start,
                       in_beat=in_beat, end_beat=transition_end_beat(t, start_beat, bpb), beats_per_bar=bpb)
+
+    def _prepare_fx(self, cmd: Command) -> Command:
+        """The caller's-thread part of effect commands: ``fx`` builds the effect (allocates, compiles its kernel)
+        into the command; a ``set`` of ``fx<slot>.<param>`` is checked against the effect last sent to that slot.
+        Other commands pass unchanged. Raises CommandError (one line)."""
+        if cmd.name == "fx":
+            from engine.effects import FxUnit, PluginError, create_effect
+
+            name, slot = cmd.args["effect"], cmd.args["slot"]
+            unit = None
+            if name:
+                try:
+                    unit = FxUnit(create_effect(name, self.sample_rate, self.max_block_frames), slot)
+                except KeyError as err:
+                    raise CommandError(f"fx: {err.args[0]}") from None
+                except PluginError as err:
+                    raise CommandError(f"fx: {err}") from None
+            self._fx_sent[cmd.deck][slot] = name
+            return Command(cmd.name, cmd.deck, {"slot": slot, "effect": name, "unit": unit}, cmd.at_kind,
+                           cmd.at_value, tag=cmd.tag)
+        if cmd.name == "set" and cmd.deck >= 0:
+            param = cmd.args["param"]
+            slot = fx_param_slot(param)
+            if slot >= 0:
+                from engine.effects import effect_class
+
+                name = self._fx_sent[cmd.deck][slot]
+                if not name:
+                    raise CommandError(f"set {param}: deck {cmd.deck} has no effect in slot {slot} "
+                                       f"(put one there with the fx command first)")
+                specs = effect_class(name).params
+                key = param.partition(".")[2]
+                if key not in specs:
+                    raise CommandError(f"set {param}: {name} has no parameter {key!r}; known: {', '.join(specs)}")
+                spec, value = specs[key], cmd.args["value"]
+                if not spec.low <= value <= spec.high:
+                    unit = f" {spec.unit}" if spec.unit else ""
+                    raise CommandError(f"set {param}: value must be within {spec.low:g}..{spec.high:g}{unit}, "
+                                       f"got {value:g}")
+        return cmd
 
     def load(self, deck: int, track: DeckTrack, at: dict | None = None) -> None:
         """Put an already loaded track on ``deck`` (in-process API: tests, automix)."""
@@ -340,6 +422,9 @@ class Engine:
         queue = self._queue
         while queue:
             cmd = queue.popleft()
+            if cmd.name == "cancel" and cmd.at_kind == "now":
+                self._apply(cmd)        # now, in queue order: it must not drop what was sent after it
+                continue
             if cmd.at_kind == "beat":
                 bisect.insort(self._beat_events, (cmd.at_value, next(self._seq), cmd))
             else:
@@ -403,7 +488,9 @@ class Engine:
         finished = None
         for key, (t0, t1, v0, v1) in self._ramps.items():
             value = v1 if frame >= t1 else v0 + (v1 - v0) * (frame - t0) / (t1 - t0)
-            self._param_store(key)[key[1]] = value
+            store = self._param_store(key)
+            if store is not None:           # None: the effect it ramped was taken out (it raised)
+                store[key[1]] = value
             if frame >= t1:
                 finished = finished or []
                 finished.append(key)
@@ -415,11 +502,11 @@ class Engine:
                 if key[1] == "play_gain":
                     self._fade_done(self.decks[key[0]])
 
-    def _param_store(self, key: tuple) -> dict:
-        return self.params if key[0] < 0 else self.decks[key[0]].params
+    def _param_store(self, key: tuple):
+        return self.params if key[0] < 0 else self.decks[key[0]].param_store(key[1])
 
     def _ramp(self, deck: int, param: str, value: float, frames: float) -> None:
-        store = self.params if deck < 0 else self.decks[deck].params
+        store = self._param_store((deck, param))
         if frames <= 0:
             self._ramps.pop((deck, param), None)
             store[param] = value
@@ -431,6 +518,9 @@ class Engine:
         self.render_seq += 1
         self._advance_ramps(self.clock_frames + k)
         decks = self.decks
+        master_fpb = 1.0 / self.beats_per_frame
+        for deck in decks:
+            deck.master_frames_per_beat = master_fpb       # tempo-synced effects of synced or stopped decks
         leader = self.leader
         if leader >= 0:
             deck = decks[leader]
@@ -553,19 +643,20 @@ class Engine:
                 target, deck.pending_jump = deck.pending_jump, None
                 deck.position_frames = target
 
-    def _join_sync(self, deck: Deck, align: bool) -> None:
-        """Give a deck its offset to the master clock; it leads if no playing deck does."""
+    def _join_sync(self, deck: Deck, align: bool, offset_beats: float | None = None) -> None:
+        """Give a deck its offset to the master clock (``offset_beats``, whole, when the caller fixed it); it leads
+        if no playing deck does."""
         beat = deck.beat()
+        offset = float(round(beat - self.master_beat)) if offset_beats is None else float(offset_beats)
         if self.leader < 0 or not self.decks[self.leader].playing:
             self.leader = deck.index
             if not any(d.synced and d.playing and d is not deck for d in self.decks):
                 # Nothing synced is playing: the clock takes the new leader's phase (a whole-beat offset),
                 # so that followers, which land on whole master beats, land on the leader's beats.
-                deck.sync_offset_beats = float(round(beat - self.master_beat))
-                self.master_beat = beat - deck.sync_offset_beats
+                deck.sync_offset_beats = offset
+                self.master_beat = beat - offset
                 return
             # Followers are playing on the clock's phase: the new leader joins it as they did.
-        offset = round(beat - self.master_beat)
         deck.sync_offset_beats = offset
         if align and not deck.playing:
             deck.position_frames = deck.position_of_beat(self.master_beat + offset)
@@ -721,7 +812,7 @@ class Engine:
         if on:
             deck.synced = True
             if deck.playing and deck.loaded:
-                self._join_sync(deck, align=False)
+                self._join_sync(deck, align=False, offset_beats=cmd.args.get("offset_beats"))
             return
         deck.synced = False
         if self.leader == deck.index:
@@ -735,9 +826,11 @@ class Engine:
         if deck.synced and deck.playing and deck.loaded and self.leader != deck.index:
             self.leader = deck.index
             deck.sync_offset_beats = deck.beat() - self.master_beat
-            # The master tempo carries on: the new leader's pitch fader takes the ratio it followed at.
+            # The master tempo carries on: the new leader's pitch fader takes the ratio it followed at (the nominal
+            # one: the phase correction of that block is not a tempo).
             r = max(PITCH_RANGES)
-            pitch = min(max(deck.ratio / (1.0 + deck.nudge) - 1.0, -r), r)
+            nominal = deck.frames_per_beat() * self.beats_per_frame
+            pitch = min(max(nominal - 1.0, -r), r)
             if abs(pitch) > deck.pitch_range:
                 deck.pitch_range = next(x for x in PITCH_RANGES if x >= abs(pitch))
             deck.params["pitch"] = pitch
@@ -765,6 +858,8 @@ class Engine:
     def _cmd_set(self, cmd: Command, deck: Deck | None) -> None:
         param = cmd.args["param"]
         value = cmd.args["value"]
+        if deck is not None and deck.param_store(param) is None:
+            return      # an effect parameter whose slot holds another effect by now
         frames = self._ramp_frames(cmd)
         if deck is not None and param == "pitch":
             value = min(max(value, -deck.pitch_range), deck.pitch_range)
@@ -772,6 +867,19 @@ class Engine:
             frames = max(frames, FADE_FRAMES)
         self._ramp(cmd.deck, param, value, frames)
         self._tag_ramp((cmd.deck, param), cmd.tag)
+
+    def _cmd_fx(self, cmd: Command, deck: Deck) -> None:
+        if "unit" not in cmd.args:
+            return      # not prepared by send() (the effect must be built outside the audio thread)
+        slot = cmd.args["slot"]
+        prefix = f"fx{slot}."
+        for key in [key for key in self._ramps if key[0] == deck.index and key[1].startswith(prefix)]:
+            del self._ramps[key]
+            self._ramp_tags.pop(key, None)
+        deck.put_fx(slot, cmd.args["unit"])
+
+    def _cmd_fx_on(self, cmd: Command, deck: Deck) -> None:
+        deck.set_fx_on(cmd.args["slot"], cmd.args["on"])
 
     def _cmd_bass_swap(self, cmd: Command, deck: None) -> None:
         frames = max(self._ramp_frames(cmd), FADE_FRAMES)

@@ -106,14 +106,23 @@ class Deck:
         Engine sample rate, Hz.
     max_block_frames : int
         Largest block :meth:`render` is given.
+    stretcher : str
+        ``"engine"`` (the realtime keylock, :mod:`engine.stretch`) or ``"rubberband"`` (Rubber Band R3,
+        :mod:`engine.rubberband`: offline renders only).
     """
 
-    def __init__(self, index: int, sample_rate: int = 44100, max_block_frames: int = 1024):
+    def __init__(self, index: int, sample_rate: int = 44100, max_block_frames: int = 1024,
+                 stretcher: str = "engine"):
         self.index = index
         self.sample_rate = sample_rate
         self.max_block_frames = max_block_frames
-        self._stretchers = {4: Stretcher(4, 2, sample_rate, max_block_frames),
-                            1: Stretcher(1, 2, sample_rate, max_block_frames)}
+        if stretcher == "rubberband":
+            from engine.rubberband import RubberBandStretcher, rubberband_block
+
+            kind, kernel = RubberBandStretcher, rubberband_block
+        else:
+            kind, kernel = Stretcher, stretch_block_int16
+        self._stretchers = {4: kind(4, 2, sample_rate, max_block_frames), 1: kind(1, 2, sample_rate, max_block_frames)}
         self._stem_bufs = {4: np.zeros((4, max_block_frames, 2), np.float32),
                            1: np.zeros((1, max_block_frames, 2), np.float32)}
         self.block = np.zeros((max_block_frames, 2), np.float32)
@@ -121,7 +130,7 @@ class Deck:
         self.filter = DjFilter(sample_rate)
         self._eq_state = self.eq.state            # built once: no tuple per block
         self._filter_state = self.filter.state
-        self._stretch_kernel = stretch_block_int16   # an attribute, so that a benchmark can time it
+        self._stretch_kernel = kernel                  # an attribute, so that a benchmark can time it
         self._loop_frames = (0, 0)                    # the loop the stretcher plays (whole frames)
         self._virtual_frames = 0.0                     # the stretcher's own (unwrapped) position
         self.track: DeckTrack | None = None

@@ -109,6 +109,9 @@ class AudioOutput:
 
     def __init__(self, engine: Engine, device: int | str | None = None, block_frames: int = 256,
                  latency: float | str | None = None, capture_seconds: float = 0.0):
+        if engine.stretcher != "engine":
+            raise ValueError(f"output: the {engine.stretcher} stretcher is for offline renders (it allocates in "
+                             "the audio thread); play live with the engine's own")
         self.engine = engine
         self.device = device
         self.block_frames = int(block_frames)

@@ -201,7 +201,9 @@ def test_a_transition_is_refused_in_one_line_when_the_decks_are_not_ready():
     engine.send({"cmd": "load", "deck": 0, "track": "synth:bpm=124,bars=8"})
     engine.render(512)
     reply = engine.send({"cmd": "transition", "from_deck": 0, "to_deck": 1})
-    assert not reply["ok"] and reply["error"] == "transition: deck 0 must be playing with sync on"
+    assert not reply["ok"] and reply["error"] == "transition: deck 0 must be playing"
+    reply = engine.send({"cmd": "transition", "to_deck": 1})          # from the deck playing: none does
+    assert not reply["ok"] and reply["error"] == "transition: no deck is playing to mix into deck 1"
     assert "unknown preset" in engine.send({"cmd": "transition", "from_deck": 0, "to_deck": 1,
                                             "preset": "moonwalk"})["error"]
     assert not engine.send({"cmd": "transition", "from_deck": 0, "to_deck": 0})["ok"]
@@ -298,6 +300,48 @@ def test_an_offline_session_mixes_the_crate_on_its_phrases(crate, tmp_path):
     assert text.count("TRACK ") == 3 and 'TITLE "Charlie three"' in text and "INDEX 01 00:00:00" in text
 
 
+def test_the_incoming_deck_is_equalised_to_the_outgoing_track_while_they_play_together(tmp_path):
+    """With the tonal prep step run, the session sets the incoming deck's EQ to the tonal match (the bands its
+    preset leaves alone) for the transition, then takes it back to flat over 16 bars; --no-auto-eq leaves it."""
+    from controllers.mixsession import AUTO_EQ_RELEASE_BARS, AUTO_EQ_STRENGTH
+    from prep.steps import run_steps
+    from prep.tonal import propose_eq, track_bands
+
+    folder = tmp_path / "crate"
+    write_true_crate(folder, [SPECS[1], SPECS[0]])
+    with Crate(default_db_path(folder)) as crate:
+        assert run_steps(crate, ["tonal"])["tonal"] == 2
+        tracks, _ = load_crate_tracks(folder)
+        by_title = {t.title: t for t in tracks}
+        a, b = by_title["Bravo two"], by_title["Alpha one"]
+        expected = propose_eq(track_bands(crate, a.content_hash), track_bands(crate, b.content_hash),
+                              strength=AUTO_EQ_STRENGTH)
+    for auto_eq in (True, False):
+        engine = Engine(n_decks=2)
+        eq_log: list[tuple[float, list[float]]] = []
+        port = OfflinePort(engine, lambda block: None, block_frames=512,
+                           on_block=lambda e, n: eq_log.append(
+                               (e.master_beat, [e.decks[1].params[p] for p in ("eq_mid_db", "eq_high_db")])))
+        report = MixSession([a, b], LIBRARY, folder, on_note=lambda line: None, auto_eq=auto_eq).run(port).to_dict()
+        t = report["transitions"][0]
+        beats = np.array([x[0] for x in eq_log])
+        eq = np.array([x[1] for x in eq_log])
+        during = eq[(beats > t["start_beat"] + 1) & (beats < t["start_beat"] + 4 * t["bars"] - 1)]
+        if not auto_eq:
+            assert t["auto_eq"] == {} and np.all(eq == 0.0)
+            continue
+        # bass-swap moves the low EQ (incoming) and the high EQ (outgoing) itself: the match takes the mid.
+        assert t["preset"] == "bass-swap" and set(t["auto_eq"]) <= {"eq_mid_db"}
+        assert t["auto_eq"] == {p: v for p, v in expected.items() if p == "eq_mid_db" and v != 0.0}
+        assert t["auto_eq"], "generated tracks of different timbre get some correction"
+        target = [t["auto_eq"].get(p, 0.0) for p in ("eq_mid_db", "eq_high_db")]
+        assert np.allclose(during, target)                   # held for the whole transition
+        end_beat = t["start_beat"] + 4 * t["bars"]
+        release = eq[(beats > end_beat + 2) & (beats < end_beat + 4 * AUTO_EQ_RELEASE_BARS - 2)]
+        mags = np.abs(release).sum(axis=1)
+        assert len(mags) > 10 and np.all(np.diff(mags) <= 1e-9) and mags[-1] < mags[0]   # easing back to flat
+
+
 def test_a_long_session_repeats_the_route_skips_a_broken_track_and_stays_at_two_tracks(crate, tmp_path):
     folder, made = crate
     tracks, _ = load_crate_tracks(folder)
@@ -386,4 +430,80 @@ def test_ate_automix_renders_a_file_a_cue_sheet_and_a_report(crate, tmp_path):
     assert out.with_suffix(".cue").exists() and json.loads(out.with_suffix(".json").read_text())["transitions"]
     bad = subprocess.run([sys.executable, "-m", "ate.cli", "automix", str(folder), "--order", "Nobody", "--plan"],
                          capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "'Nobody' matches 0" in bad.stderr
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "no track matches 'Nobody'" in bad.stderr
+    live = subprocess.run([sys.executable, "-m", "ate.cli", "automix", str(folder), "--plan", "--stretcher",
+                           "rubberband"], capture_output=True, text=True, timeout=60)
+    assert live.returncode == 2 and live.stderr.strip() == "error: --stretcher rubberband is for --render (it cannot " \
+                                                          "keep up live)"
+
+
+def test_a_render_is_redone_with_rubber_band_stretching_the_decks(crate, tmp_path):
+    """The same session rendered with Rubber Band R3 in place of the engine's keylock: same plan and length,
+    the same music (level envelopes alike), not the same samples."""
+    import soundfile as sf
+
+    from controllers.mixsession import render_mix
+
+    folder, _ = crate
+    tracks, _ = load_crate_tracks(folder)
+    order = sorted(tracks, key=lambda t: t.title)[:2]
+    renders = {}
+    for stretcher in ("engine", "rubberband"):
+        out = tmp_path / f"{stretcher}.wav"
+        summary = render_mix(order, LIBRARY, folder, out, duration_s=16.0, progress=False, stretcher=stretcher)
+        assert summary["stretcher"] == stretcher and json.loads(out.with_suffix(".json").read_text())["stretcher"]
+        renders[stretcher] = (summary, sf.read(str(out), dtype="float32")[0])
+    (a, x), (b, y) = renders["engine"], renders["rubberband"]
+    assert a["tracks"] == b["tracks"] and len(x) == len(y) and a["seconds"] > 12.0
+    assert np.abs(y).max() <= 10 ** (-1.0 / 20) + 1e-6 and np.abs(x - y).max() > 1e-2
+    hop = SR // 10
+    env_x = np.sqrt((x[:len(x) // hop * hop, 0].reshape(-1, hop) ** 2).mean(axis=1))
+    env_y = np.sqrt((y[:len(y) // hop * hop, 0].reshape(-1, hop) ** 2).mean(axis=1))
+    assert np.corrcoef(env_x, env_y)[0, 1] > 0.95
+    assert abs(20 * np.log10(env_y.mean() / env_x.mean())) < 0.5
+
+
+def test_the_tui_triggers_a_transition_on_the_next_phrase_and_takes_over_from_the_automix():
+    import asyncio
+
+    from test_tui import Rig
+    from tui.app import AteApp
+
+    rig = Rig(n_decks=2)
+    seen: dict = {}
+
+    async def until(pilot, predicate, what: str) -> None:
+        deadline = time.monotonic() + 30.0
+        while not predicate():
+            assert time.monotonic() < deadline, f"gave up waiting for {what}"
+            rig.engine.render(2048)                      # the audio callback, faster than real time
+            if rig.engine.decks[1].playing and "beat" not in seen:
+                seen["beat"] = rig.engine.decks[0].beat()
+            await pilot.pause(0.005)
+
+    try:
+        rig.load(0, "synth:bpm=124,seed=51,bars=24,style=house")
+        rig.load(1, "synth:bpm=124,seed=52,bars=24,style=house,tonic=4")
+        rig.client.request({"cmd": "sync", "deck": 0, "on": True})
+        rig.client.request({"cmd": "seek", "deck": 0, "beat": 26.0})     # two bars before a phrase start
+        rig.client.request({"cmd": "play", "deck": 0})
+        rig.engine.render(SR)
+
+        async def drive() -> None:
+            app = AteApp(rig.client, n_decks=2)
+            async with app.run_test(size=(140, 44)) as pilot:
+                await until(pilot, lambda: app.client.state is not None, "the state")
+                await pilot.press("2", "g")
+                await until(pilot, lambda: rig.engine.decks[1].playing, "deck 2 to come in")
+                assert rig.engine.decks[0].playing                      # mixed, not cut
+                await pilot.press("A")
+                await until(pilot, lambda: rig.engine.cancels.get("automix") == 1, "the take-over")
+
+        asyncio.run(drive())
+        # Deck 2 came in on a phrase start of deck 1's track: without analysed phrases, every 8th downbeat.
+        downbeats = [rig.engine.decks[0].beat(f) for f in rig.engine.decks[0].track.downbeats_frames]
+        phrase_beats = np.array(downbeats[::8])
+        assert np.min(np.abs(phrase_beats - seen["beat"])) < 0.05
+        assert rig.engine.decks[1].synced
+    finally:
+        rig.close()

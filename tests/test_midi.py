@@ -84,6 +84,11 @@ GOOD = '[controller]\nname = "X"\nport = "x"\ndecks = [0, 1]\n\n[[input]]\nname 
      "unknown state 'blink'"),
     (GOOD.replace("number = 0x0B", "number = 0x0B\nvelocity = 3"), 11, "unknown key 'velocity'"),
     (GOOD.replace('name = "X"', 'name = "X'), 2, "not valid TOML"),
+    (GOOD.replace('action = "play_pause"', 'action = "transition"\nstart = "beat"'), 13,
+     'start must be "phrase" or "bar"'),
+    (GOOD.replace('action = "play_pause"', 'action = "transition"\npreset = "nope"'), 13,
+     "unknown transition preset 'nope'; known: bass-swap"),
+    (GOOD + 'preset = "bass-swap"\n', 13, 'preset and start are for action "transition"'),
 ])
 def test_a_bad_preset_is_refused_with_its_line(text, line, why):
     with pytest.raises(PresetError) as err:
@@ -97,7 +102,7 @@ def test_the_cli_checks_presets(tmp_path):
     ate = str(Path(sys.executable).with_name("ate"))
     ok = subprocess.run([ate, "midi", "check", "pioneer-ddj-flx4", "numark-mixtrack-pro-fx"],
                         capture_output=True, text=True, timeout=60)
-    assert ok.returncode == 0 and "Pioneer DDJ-FLX4: 119 inputs" in ok.stdout
+    assert ok.returncode == 0 and "Pioneer DDJ-FLX4: 123 inputs" in ok.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace("channel = 1", "channel = 0"))
     refused = subprocess.run([ate, "midi", "check", str(bad)], capture_output=True, text=True, timeout=60)
@@ -130,6 +135,34 @@ def test_buttons_drive_the_engine(track):
     assert np.isnan(engine.decks[0].hot_cues[0])
     _apply(engine, mapper, [0x90, 0x0B, 127])                 # PLAY again: pause
     assert not engine.decks[0].playing
+
+
+def test_shift_play_mixes_its_deck_in_on_the_next_phrase():
+    """FLX4 shift+PLAY on deck 2 while deck 1 plays (sync off): the default transition from deck 1, which
+    joins sync, deck 2 coming in on deck 1's next phrase start (without analysed phrases: every 8th downbeat),
+    synced; shift+CUE asks for the next bar. With nothing playing the engine says so in one line."""
+    long_track = load_track("synth:bpm=124,seed=5,bars=48")
+    engine = _engine(long_track)
+    mapper = MidiMapper(load_preset(FLX4))
+    mapper.update_state(engine.state())
+    nothing = mapper.handle([0x91, 0x0E, 127])
+    assert engine.send(nothing[0]) == {"ok": False, "error": "transition: no deck is playing to mix into deck 1"}
+    _apply(engine, mapper, [0x90, 0x0B, 127])                         # deck 1 PLAY (not synced)
+    engine.render(3 * SR)
+    sent = _apply(engine, mapper, [0x91, 0x48, 127])                  # deck 2 shift+CUE: the next bar
+    assert sent == [{"cmd": "transition", "to_deck": 1, "start": "bar", "tag": "transition"}]
+    assert engine.send({"cmd": "cancel", "tag": "transition"})["ok"]
+    sent = _apply(engine, mapper, [0x91, 0x0E, 127])                  # deck 2 shift+PLAY: the next phrase
+    assert sent[-1]["start"] == "phrase"
+    out, inn = engine.decks
+    for _ in range(120 * SR // 256):          # the cancel above must not have dropped this transition
+        started_at = out.beat()
+        engine.render(256)
+        if inn.playing:
+            break
+    phrases = np.array([out.beat(f) for f in out.track.downbeats_frames[::8]])
+    assert np.min(np.abs(phrases - started_at)) < 0.1 and started_at > 16
+    assert inn.synced and out.playing
 
 
 def test_faders_and_knobs_are_scaled_to_engine_units_and_heard(track):

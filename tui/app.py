@@ -53,6 +53,9 @@ FILTER_STEP = 0.1
 XFADER_STEP = 0.1
 STEM_STEP = 0.1
 PITCH_STEP = 0.002
+FX_MIX_STEP = 0.1
+FX_CYCLE = ("", "echo", "reverb", "flanger", "filter")
+"""What the effect key puts in slot 1, in turn (the built-in effects; "" empties the slot)."""
 _PENDING_S = 0.5
 """How long a value the app sent is trusted over the state stream (which shows it one snapshot later)."""
 
@@ -99,6 +102,10 @@ KEYS: list[tuple[str, Binding]] = [
     _key("Stems", "m", "mute_stem", "Mute / unmute the chosen stem", "Mute stem"),
     _key("Stems", "minus", "stem_gain(-1)", "Chosen stem's gain -0.1"),
     _key("Stems", "equals_sign", "stem_gain(1)", "Chosen stem's gain +0.1"),
+    _key("Effects", "o", "fx_cycle", "Effect in slot 1: next of none, echo, reverb, flanger, filter"),
+    _key("Effects", "O", "fx_toggle", "Effect slot 1 on / off (an echo or reverb rings out)"),
+    _key("Effects", "j", "fx_mix(-1)", "Effect slot 1 mix -10 %"),
+    _key("Effects", "J", "fx_mix(1)", "Effect slot 1 mix +10 %"),
     _key("Browser", "tab", "browser", "Crate browser / back to the decks", "Browser", priority=True),
     _key("Browser", "enter", "load_selected", "Load the selected track on this deck"),
     _key("Browser", "slash", "filter_text", "Type a filter (enter: back to list)", priority=True),
@@ -108,6 +115,10 @@ KEYS: list[tuple[str, Binding]] = [
     _key("Browser", "f4", "sort('key')", "Sort by key, round the Camelot wheel"),
     _key("Browser", "f5", "toggle_filter('bpm')", "Only BPMs within ±6 % of the focused deck"),
     _key("Browser", "f6", "toggle_filter('harmonic')", "Only keys that mix with the focused deck"),
+    _key("Browser", "f7", "toggle_suggestions", "Suggested next tracks for the deck's track, with reasons"),
+    _key("Mix", "g", "transition('phrase')", "Transition into this deck on the next phrase (bass swap)", "Mix in"),
+    _key("Mix", "G", "transition('bar')", "Transition into this deck on the next bar"),
+    _key("Mix", "A", "take_over", "Take over from the automix (its planned moves stop where they are)"),
     _key("App", "question_mark,f1", "help", "This help", "Help"),
     _key("App", "ctrl+q", "quit", "Quit", "Quit"),
 ]
@@ -303,6 +314,7 @@ class AteApp(App):
         track = deck.get("track") or {}
         browser.reference_bpm = deck.get("bpm") or track.get("bpm")
         browser.reference_camelot = track.get("camelot") or None
+        browser.reference_path = track.get("path") or None
 
     def watch_focused_deck(self, d: int) -> None:
         for view in self.deck_views:
@@ -393,6 +405,40 @@ class AteApp(App):
         param = f"stem.{STEM_NAMES[self.deck_views[d].stem]}"
         self._set(d, param, round(min(2.0, max(0.0, self._value(d, param, 1.0) + direction * STEM_STEP)), 4))
 
+    # ------------------------------------------------------------------ actions: effects
+
+    def _fx_slot(self, d: int, slot: int = 0) -> dict:
+        slots = self.deck_state(d).get("fx") or []
+        return slots[slot] if slot < len(slots) else {}
+
+    def action_fx_cycle(self) -> None:
+        d = self.focused_deck
+        pending = self._pending.get((d, "fx0"))
+        if pending is not None and time.monotonic() - pending[1] < _PENDING_S:
+            name = FX_CYCLE[int(pending[0])]
+        else:
+            name = self._fx_slot(d).get("effect", "")
+        i = (FX_CYCLE.index(name) + 1) % len(FX_CYCLE) if name in FX_CYCLE else 0
+        self._pending[(d, "fx0")] = (float(i), time.monotonic())
+        self._pending.pop((d, "fx0.mix"), None)          # a new effect starts at its own default mix
+        self._deck_cmd("fx", slot=0, effect=FX_CYCLE[i])
+
+    def action_fx_toggle(self) -> None:
+        self._deck_cmd("fx_on", slot=0, on=not bool(self._fx_slot(self.focused_deck).get("on", True)))
+
+    def action_fx_mix(self, direction: int) -> None:
+        d = self.focused_deck
+        slot = self._fx_slot(d)
+        pending = self._pending.get((d, "fx0.mix"))
+        if pending is not None and time.monotonic() - pending[1] < _PENDING_S:
+            mix = pending[0]
+        elif slot.get("effect"):
+            mix = float((slot.get("params") or {}).get("mix", 0.0))
+        else:
+            self.status.error = "no effect in slot 1 (o puts one there)"
+            return
+        self._set(d, "fx0.mix", round(min(1.0, max(0.0, mix + direction * FX_MIX_STEP)), 4))
+
     # ------------------------------------------------------------------ actions: browser, help
 
     def action_browser(self) -> None:
@@ -426,6 +472,19 @@ class AteApp(App):
                 browser.bpm_filter = not browser.bpm_filter
             else:
                 browser.harmonic_filter = not browser.harmonic_filter
+
+    def action_transition(self, start: str) -> None:
+        """The default transition into the focused deck from the one playing (the engine picks it: the sync
+        leader first), on the next phrase or bar."""
+        self.send({"cmd": "transition", "to_deck": self.focused_deck, "start": start, "tag": "transition"})
+        self.status.message = f"mixing into deck {self.focused_deck + 1} on the next {start}"
+
+    def action_take_over(self) -> None:
+        self.send({"cmd": "cancel", "tag": "automix"})
+
+    def action_toggle_suggestions(self) -> None:
+        if self.browser is not None:
+            self.browser.toggle_suggestions(self.crate_dir)
 
     def action_load_selected(self) -> None:
         browser = self.browser
