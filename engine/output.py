@@ -76,6 +76,21 @@ def _copy_block(dst, pos, src):
     return pos + n
 
 
+REALTIME_PRIORITY = 60
+"""``SCHED_FIFO`` priority asked for the audio thread: under JACK's own (70 and up when it runs real-time), over
+everything that runs at normal priority."""
+
+
+def _raise_thread_priority() -> bool:
+    """Put the calling thread under ``SCHED_FIFO`` at :data:`REALTIME_PRIORITY`; whether that was allowed."""
+    try:
+        # pid 0 is the calling thread on Linux: the audio thread, not the process.
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
 class AudioOutput:
     """An engine playing on an output device (see the module docstring).
 
@@ -94,6 +109,12 @@ class AudioOutput:
     capture_seconds : float
         Length of the capture buffer, seconds (0: no capture). The first
         ``capture_seconds`` of output are copied there; see :meth:`captured`.
+    realtime : bool
+        Ask, once, in the first callback, for real-time scheduling of the audio
+        thread (``SCHED_FIFO`` at :data:`REALTIME_PRIORITY`) so that other
+        processes (a flood of commands, a UI) cannot hold it off; refused when
+        the user may not (no ``rtprio`` limit, not root): then it plays on at
+        the priority it has. :meth:`report` says which (``realtime_priority``).
 
     Attributes
     ----------
@@ -108,11 +129,13 @@ class AudioOutput:
     """
 
     def __init__(self, engine: Engine, device: int | str | None = None, block_frames: int = 256,
-                 latency: float | str | None = None, capture_seconds: float = 0.0):
+                 latency: float | str | None = None, capture_seconds: float = 0.0, realtime: bool = True):
         if engine.stretcher != "engine":
             raise ValueError(f"output: the {engine.stretcher} stretcher is for offline renders (it allocates in "
                              "the audio thread); play live with the engine's own")
         self.engine = engine
+        self.realtime = realtime
+        self.realtime_priority: bool | None = None    # None: not asked yet
         self.device = device
         self.block_frames = int(block_frames)
         self.latency = latency
@@ -146,6 +169,8 @@ class AudioOutput:
     # ------------------------------------------------------------------ the audio thread
 
     def _callback(self, outdata, frames, time_info, status) -> None:
+        if self.realtime_priority is None:
+            self.realtime_priority = self.realtime and _raise_thread_priority()
         t0 = perf_counter()
         c0 = thread_time()
         if status:
@@ -294,7 +319,8 @@ class AudioOutput:
                 "cost_fraction": {k: round(v / block_s, 4) for k, v in stats.items()},
                 "cpu_ms": {k: round(v * 1e3, 4) for k, v in cpu.items()},
                 "errors": self.errors, "first_error": self.first_error,
-                "commands_applied": self.engine.commands_applied, "active": self.active}
+                "commands_applied": self.engine.commands_applied, "active": self.active,
+                "realtime_priority": self.realtime_priority}
 
 
     def _window_cpu_ms(self, callback: int, before: int = XRUN_WINDOW_CALLBACKS) -> float | None:
