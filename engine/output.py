@@ -82,9 +82,13 @@ everything that runs at normal priority."""
 
 
 def _raise_thread_priority() -> bool:
-    """Put the calling thread under ``SCHED_FIFO`` at :data:`REALTIME_PRIORITY`; whether that was allowed."""
+    """Put the calling thread under ``SCHED_FIFO`` at :data:`REALTIME_PRIORITY` unless it is real-time already
+    (a real-time JACK gives its clients' threads a priority under its own: that one stays); whether the thread
+    now runs real-time."""
     try:
         # pid 0 is the calling thread on Linux: the audio thread, not the process.
+        if os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR):
+            return True
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
     except (AttributeError, OSError):
         return False
