@@ -308,8 +308,8 @@ class Engine:
             return _reply(message, False, f"transition {name}: {err}")
         self._queue.extend(join + parsed)
         return _reply(message, True, preset=t.name, bars=t.bars, from_deck=out.index, start_beat=start_beat,
-                      out_beat=start,
-                      in_beat=in_beat, end_beat=transition_end_beat(t, start_beat, bpb), beats_per_bar=bpb)
+                      out_beat=start, in_beat=in_beat, end_beat=transition_end_beat(t, start_beat, bpb),
+                      beats_per_bar=bpb)
 
     def _prepare_fx(self, cmd: Command) -> Command:
         """The caller's-thread part of effect commands: ``fx`` builds the effect (allocates, compiles its kernel)
