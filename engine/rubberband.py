@@ -138,10 +138,9 @@ class RubberBandStretcher:
     def _start(self, ratio: float, pitch: float) -> None:
         at = self._restart_at
         first = int(np.floor(at))
-        for s, rb in enumerate(self._rb):
+        for rb in self._rb:
             rb.reset()
-            rb.time_ratio = 1.0 / ratio
-            rb.pitch_scale = pitch
+        self._set_rate(ratio, pitch)
         pad = self._rb[0].get_preferred_start_pad()
         # What precedes the restart point feeds the pad: no fade-in from zeros, no start transient.
         pre = self._read_source(first - pad, pad)
@@ -150,8 +149,14 @@ class RubberBandStretcher:
             self._drop[s] = rb.get_start_delay()
         self._reads = [first] * self.n_stems
         self._position = at
-        self._ratio, self._pitch = ratio, pitch
         self._restart = False
+
+    def _set_rate(self, ratio: float, pitch: float) -> None:
+        """Speed (source frames per output frame) and pitch scale for every stem's stretcher."""
+        for rb in self._rb:
+            rb.time_ratio = 1.0 / ratio
+            rb.pitch_scale = pitch
+        self._ratio, self._pitch = ratio, pitch
 
     def _pull(self, s: int, out: np.ndarray, n: int) -> None:
         """``n`` output frames of stem ``s`` into ``out[s, :n]``."""
@@ -186,10 +191,7 @@ class RubberBandStretcher:
         if self._restart:
             self._start(ratio, pitch)
         elif ratio != self._ratio or pitch != self._pitch:
-            for rb in self._rb:
-                rb.time_ratio = 1.0 / ratio
-                rb.pitch_scale = pitch
-            self._ratio, self._pitch = ratio, pitch
+            self._set_rate(ratio, pitch)
         for s in range(self.n_stems):
             self._pull(s, out, n_frames)
         self._position += n_frames * ratio
