@@ -38,6 +38,15 @@ _lock = threading.Lock()
 _lib = None
 _FFTW_MEASURE = 0
 _FFTW_DESTROY_INPUT = 1
+_doomed: list[int] = []
+"""Plans whose owner was collected while the planner lock was held (a garbage collection can run inside
+:class:`RealFFTPlans` ``__init__``, on that very thread): destroyed the next time the lock is taken."""
+
+
+def _destroy_doomed(lib) -> None:
+    """Destroy the deferred plans; the caller holds ``_lock``."""
+    while _doomed:
+        lib.fftw_destroy_plan(_doomed.pop())
 
 
 def _load():
@@ -119,6 +128,7 @@ class RealFFTPlans:
         keep_f, keep_s = frames.copy(), spectra.copy()   # planning with FFTW_MEASURE scribbles on the buffers
         self._inverse = None
         with _lock:
+            _destroy_doomed(lib)
             self._forward = lib.fftw_plan_many_dft_r2c(
                 1, dims, fc, frames.ctypes.data + f0 * n * 8, None, 1, n,
                 spectra.ctypes.data + f0 * nk * 16, None, 1, nk, _FFTW_MEASURE)
@@ -137,9 +147,17 @@ class RealFFTPlans:
 
     def __del__(self):
         lib = getattr(self, "_lib", None)
-        if lib is not None:
-            with _lock:
-                for plan in (self._forward, self._inverse):
-                    if plan:
-                        lib.fftw_destroy_plan(plan)
-            self._lib = None
+        if lib is None:
+            return
+        self._lib = None
+        plans = [p for p in (self._forward, self._inverse) if p]
+        # Never wait here: a collection inside __init__ runs this on the thread that holds the lock.
+        if not _lock.acquire(blocking=False):
+            _doomed.extend(plans)
+            return
+        try:
+            _destroy_doomed(lib)
+            for plan in plans:
+                lib.fftw_destroy_plan(plan)
+        finally:
+            _lock.release()

@@ -295,3 +295,39 @@ def test_fftw_and_numba_fft_give_the_same_stretch(deck):
         outs.append(np.concatenate(blocks, axis=1))
     assert np.abs(outs[0]).max() > 0.05
     assert np.abs(outs[0] - outs[1]).max() < 1e-4
+
+
+
+_DEL_UNDER_THE_LOCK = """
+import numpy as np
+from engine import fftw
+
+def plans():
+    return fftw.RealFFTPlans(np.zeros((2, 256)), np.zeros((2, 129), np.complex128), (0, 1), (1, 1))
+
+old = plans()
+with fftw._lock:       # what a garbage collection inside RealFFTPlans.__init__ does: free plans under the lock
+    del old
+print("deferred", len(fftw._doomed))
+plans()                # destroyed when the lock is taken next
+print("left", len(fftw._doomed))
+"""
+
+
+def test_plans_freed_while_fftw_plans_are_made_do_not_deadlock():
+    """A garbage collection can free old plans while new ones are being made, on the thread that holds the
+    planner lock (seen as a hung test run); their destruction is deferred instead of waiting on that lock."""
+    import subprocess
+    import sys
+
+    from engine import fftw
+
+    if not fftw.available():
+        pytest.skip("libfftw3 is not installed (Debian: libfftw3-double3)")
+    try:
+        run = subprocess.run([sys.executable, "-c", _DEL_UNDER_THE_LOCK], capture_output=True, text=True,
+                             timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("freeing plans under the planner lock hangs")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["deferred", "2", "left", "0"]
