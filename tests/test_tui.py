@@ -226,7 +226,11 @@ def test_keys_send_commands_and_widgets_show_state(rig):
             await _until(pilot, lambda: "CUES 1·" in _text(app, 0, "flags"), "hot cue 1 shown", rig)
             await pilot.press("v", "m")                   # the second stem (bass) muted
             await _until(pilot, lambda: engine.decks[0].muted[1], "bass muted", rig)
-            await pilot.press("x", "x")
+            # A second press a second later, before the engine has shown the first
+            # (nothing renders between them), steps from the value sent, not the stale one.
+            await pilot.press("x")
+            await asyncio.sleep(1.0)
+            await pilot.press("x")
             await _until(pilot, lambda: abs(engine.params["crossfader"] - 0.2) < 1e-9, "crossfader at 0.2", rig)
             await pilot.press("2", "p")                   # deck 2 focused: PFL there
             await _until(pilot, lambda: engine.decks[1].pfl, "PFL on deck 2", rig)

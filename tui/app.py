@@ -56,8 +56,14 @@ PITCH_STEP = 0.002
 FX_MIX_STEP = 0.1
 FX_CYCLE = ("", "echo", "reverb", "flanger", "filter")
 """What the effect key puts in slot 1, in turn (the built-in effects; "" empties the slot)."""
-_PENDING_S = 0.5
-"""How long a value the app sent is trusted over the state stream (which shows it one snapshot later)."""
+_PENDING_S = 3.0
+"""How long a value the app sent is trusted over the state stream until a snapshot shows it.
+
+The stream shows a command's effect one snapshot (or, on a loaded machine, a
+few) later; a fixed short window let a second quick key press step from the
+stale value. Once a snapshot shows the value it is dropped at once, so another
+controller moving the same control is followed; the time limit only covers a
+refused command (its value never shows)."""
 
 def _key(group: str, key: str, action: str, help_text: str, footer: str = "", priority: bool = False
          ) -> tuple[str, Binding]:
@@ -220,7 +226,27 @@ class AteApp(App):
         if state is None or state is self._last_state:
             return
         self._last_state = state
+        self._confirm_pending(state)
         self._show(state)
+
+    def _confirm_pending(self, state: dict) -> None:
+        """Forget the values the app sent that ``state`` shows (the engine has them now)."""
+        decks = state.get("decks") or []
+        for key, (value, _) in list(self._pending.items()):
+            d, param = key
+            if d < 0:
+                shown = (state.get("params") or {}).get(param)
+            elif d >= len(decks):
+                continue
+            elif param == "fx0":
+                name = ((decks[d].get("fx") or [{}])[0]).get("effect", "")
+                shown = float(FX_CYCLE.index(name)) if name in FX_CYCLE else None
+            elif param == "fx0.mix":
+                shown = (((decks[d].get("fx") or [{}])[0]).get("params") or {}).get("mix")
+            else:
+                shown = (decks[d].get("params") or {}).get(param)
+            if shown is not None and abs(float(shown) - value) < 1e-6:
+                del self._pending[key]
 
     def _show(self, state: dict) -> None:
         decks = state.get("decks") or []
