@@ -147,7 +147,7 @@ class RealFFTPlans:
 
     def __del__(self):
         lib = getattr(self, "_lib", None)
-        if lib is None:
+        if lib is None or _lock is None:      # _lock is None: the interpreter is shutting down
             return
         self._lib = None
         plans = [p for p in (self._forward, self._inverse) if p]
