@@ -410,6 +410,31 @@ def irfft(spectrum: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- small helpers
 
 
+_SIN_TAYLOR = tuple((-1.0) ** i / math.factorial(2 * i + 1) for i in range(11))
+_COS_TAYLOR = tuple((-1.0) ** i / math.factorial(2 * i) for i in range(11))
+
+
+@numba.njit(**_JIT)
+def _unit_rotations(theta, rot_re, rot_im):
+    """``rot = exp(i theta)`` for angles in [-pi, pi], to within 1e-15 of libm's cos and sin.
+
+    Taylor series of degree 21 / 20 at the half angle (|y| <= pi/2, truncation below 3e-16), then
+    the double-angle formulas. Branch-free, so the loop vectorises: about 4x faster than calling
+    cos and sin for each of the 1025 bins, which was a tenth of a vocoder frame.
+    """
+    sc = _SIN_TAYLOR
+    cc = _COS_TAYLOR
+    for k in range(theta.shape[0]):
+        y = 0.5 * theta[k]
+        z = y * y
+        s = y * (sc[0] + z * (sc[1] + z * (sc[2] + z * (sc[3] + z * (sc[4] + z * (sc[5] + z * (
+            sc[6] + z * (sc[7] + z * (sc[8] + z * (sc[9] + z * sc[10]))))))))))
+        c = cc[0] + z * (cc[1] + z * (cc[2] + z * (cc[3] + z * (cc[4] + z * (cc[5] + z * (
+            cc[6] + z * (cc[7] + z * (cc[8] + z * (cc[9] + z * cc[10])))))))))
+        rot_re[k] = 1.0 - 2.0 * s * s
+        rot_im[k] = 2.0 * s * c
+
+
 @numba.njit(**_JIT)
 def _princarg(x):
     return x - 2.0 * math.pi * math.floor(x / (2.0 * math.pi) + 0.5)
@@ -575,11 +600,12 @@ def _det_frame(source, smask, slen, fi, det_buf, det_win, det_re, det_im, det_ta
     else:
         _rfft(det_buf, det_re, det_im, det_tab[0], det_tab[1], det_tab[2], det_tab[3], det_tab[4], det_z_re,
               det_z_im)
+    db_per_neper = 10.0 / math.log(10.0)      # 10 log10(p) as a natural log: libm's log is 1.5x faster
     for k in range(kd):
         p = det_re[k] * det_re[k] + det_im[k] * det_im[k]
         # Floor about 72 dB below a full-scale sine's bin (|X| = 128): the noise and rounding in
         # near-silent bins must not look like rising energy.
-        det_mag[slot, k] = 10.0 * math.log10(p + 1e-3)
+        det_mag[slot, k] = db_per_neper * math.log(p + 1e-3)
     # Flux: mean rise in dB over the max of the two previous frames, max-filtered across 3 bins
     # so that vibrato and slow glides do not look like onsets.
     flux = 0.0
@@ -802,15 +828,21 @@ def _pv_frame(source, smask, slen, fi, ff, rate, hs, pv, det, flux_thresh_db, ph
         else:
             for k in range(nk):
                 peak_of[k] = k
+            # Without phase locking every bin is its own peak: the loop over peaks below takes them all.
+            for k in range(1, nk - 1):
+                peaks[k - 1] = k
+            n_peaks = nk - 2
         window_left = ci - half
+        # Bins owned by an attack in the window advance as a pure time shift, so every frame lines the
+        # attack (and its first milliseconds) up at the same output time. Written without a branch
+        # (the shift computed for every bin, kept where free) so that the loop vectorises.
         for k in range(1, nk - 1):
-            free = free_until[k] >= window_left
-            if free:
-                # Bins owned by an attack in the window advance as a pure time shift, so every
-                # frame lines the attack (and its first milliseconds) up at the same output time.
-                theta[k] = _princarg(theta[k] + (hs - ha) * w0 * k)
-                continue
-            if peak_of[k] != k:
+            shifted = _princarg(theta[k] + (hs - ha) * w0 * k)
+            if free_until[k] >= window_left:
+                theta[k] = shifted
+        for q in range(n_peaks):
+            k = peaks[q]
+            if free_until[k] >= window_left:
                 continue
             # Instantaneous frequency from the cross-spectrum of the stem sum, summed over channels.
             cr = 0.0
@@ -823,8 +855,9 @@ def _pv_frame(source, smask, slen, fi, ff, rate, hs, pv, det, flux_thresh_db, ph
             omega = wk + _princarg(dphi - ha * wk) / ha
             theta[k] = _princarg(theta[k] + (hs - ha) * omega)
         for k in range(1, nk - 1):
-            if peak_of[k] != k and free_until[k] < window_left:
-                theta[k] = theta[peak_of[k]]
+            pk = peak_of[k]
+            if pk != k and free_until[k] < window_left:
+                theta[k] = theta[pk]
         theta[0] = 0.0
         theta[nk - 1] = 0.0
 
@@ -852,21 +885,7 @@ def _pv_frame(source, smask, slen, fi, ff, rate, hs, pv, det, flux_thresh_db, ph
     fi[_I_EDGE] = edge
 
     # Synthesis: rotate, inverse FFT, window and overlap-add into the ring.
-    # A bin whose rotation is its peak's (phase locking) shares the peak's cosine and sine:
-    # the trigonometry is paid per region, not per bin. A peak is always inside its own region.
-    for k in range(nk):
-        if peak_of[k] == k:
-            rot_re[k] = math.cos(theta[k])
-            rot_im[k] = math.sin(theta[k])
-    for k in range(nk):
-        pk = peak_of[k]
-        if pk != k:
-            if theta[k] == theta[pk]:
-                rot_re[k] = rot_re[pk]
-                rot_im[k] = rot_im[pk]
-            else:
-                rot_re[k] = math.cos(theta[k])
-                rot_im[k] = math.sin(theta[k])
+    _unit_rotations(theta, rot_re, rot_im)
     for c in range(n_ch):
         for k in range(nk):
             prev_re[c, k] = sum_re[c, k]
