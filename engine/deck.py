@@ -49,7 +49,7 @@ from engine.commands import DECK_PARAMS, FX_SLOTS, HOT_CUES
 from engine.dsp import MAX_EQ_DB, DjEq, DjFilter, db_to_gain, eq_block, filter_block, gain_ramp_block
 from engine.effects.base import FxUnit
 from engine.grid import beat_at, frames_per_beat, position_at
-from engine.stretch import Stretcher, stretch_block_int16
+from engine.stretch import Stretcher, stretch_handle_block
 from engine.track import REFERENCE_LUFS, DeckTrack
 from prep.stems import STEM_NAMES
 
@@ -121,7 +121,7 @@ class Deck:
 
             kind, kernel = RubberBandStretcher, rubberband_block
         else:
-            kind, kernel = Stretcher, stretch_block_int16
+            kind, kernel = Stretcher, stretch_handle_block
         self._stretchers = {4: kind(4, 2, sample_rate, max_block_frames), 1: kind(1, 2, sample_rate, max_block_frames)}
         self._stem_bufs = {4: np.zeros((4, max_block_frames, 2), np.float32),
                            1: np.zeros((1, max_block_frames, 2), np.float32)}
@@ -314,7 +314,7 @@ class Deck:
         scale = 1.0 / track.scale
         before = self.position_frames
         virtual0 = self._virtual_frames
-        virtual1 = self._stretch_kernel(st.state, track.stems, stem_buf, n_frames, ratio, self.keylock,
+        virtual1 = self._stretch_kernel(st.handle, track.stems, stem_buf, n_frames, ratio, self.keylock,
                                         self.params["key_shift"])
         self._virtual_frames = virtual1
         self.position_frames = self._real(virtual1)

@@ -12,9 +12,9 @@ stretcher per stem.
 
 :class:`RubberBandStretcher` stands where a deck's
 :class:`engine.stretch.Stretcher` stands (``bind``, ``reset``, ``set_loop``,
-``position_frames``, ``lead_frames``, ``prefetch``, ``state``) and
+``position_frames``, ``lead_frames``, ``prefetch``, ``handle``) and
 :func:`rubberband_block` where the deck calls
-:func:`engine.stretch.stretch_block_int16`. It is not for the audio thread:
+:func:`engine.stretch.stretch_handle_block`. It is not for the audio thread:
 it allocates per block and calls into C++ through Python, so
 :class:`engine.core.Engine` accepts it for offline renders only.
 
@@ -82,7 +82,7 @@ class RubberBandStretcher:
         self._ratio = 1.0
         self._pitch = 1.0
         self._drop = [0] * n_stems   # start-delay frames still to discard, per stem
-        self.state = self     # what the deck hands to its kernel
+        self.handle = self    # what the deck hands to its kernel
 
     # ------------------------------------------------------------------ the deck's stretcher interface
 
@@ -200,7 +200,7 @@ class RubberBandStretcher:
 
 def rubberband_block(state: RubberBandStretcher, source: np.ndarray, out: np.ndarray, n_frames: int, ratio: float,
                      keylock: bool, semitones: float) -> float:
-    """The deck's stretch call (as :func:`engine.stretch.stretch_block_int16`) for a :class:`RubberBandStretcher`.
+    """The deck's stretch call (as :func:`engine.stretch.stretch_handle_block`) for a :class:`RubberBandStretcher`.
 
     ``source`` is the array bound to ``state``; returns the virtual source position after the block.
     """
