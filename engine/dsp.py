@@ -404,7 +404,8 @@ _LF_SUM = 1        # running sum of the box average
 _LF_IPEAK = 2      # interpolated peak of the interval before the frame being estimated
 _LF_GAIN = 3       # last gain applied
 _LF_BOUND = 4      # largest sum of |taps| of an interpolator phase (an estimate is at most this times the input)
-_LF_SIZE = 5
+_LF_MIN = 5        # minimum of the sliding-minimum window
+_LF_SIZE = 6
 _LI_T = 0          # input frames seen
 _LI_MIN_POS = 1    # ring slot of the sliding-minimum window
 _LI_AVG_POS = 2    # ring slot of the box average
@@ -428,9 +429,10 @@ def _true_peak_fir(half: int, over: int, beta: float = 7.0) -> np.ndarray:
 
 
 @numba.njit(**_JIT)
-def limiter_block(block, n_frames, hist, req, avg, fir, f, i, ceiling, ceiling32, release, latency, attack):
+def limiter_block(block, n_frames, hist, lin, req, avg, fir, f, i, ceiling, ceiling32, release, latency, attack):
     """Lookahead true-peak limiter on ``block[:n_frames]`` in place (see :class:`Limiter`)."""
-    mask = hist.shape[0] - 1
+    size = hist.shape[0]
+    mask = size - 1
     half = fir.shape[1] // 2
     n_phase = fir.shape[0]
     width = attack + 1
@@ -441,6 +443,7 @@ def limiter_block(block, n_frames, hist, req, avg, fir, f, i, ceiling, ceiling32
     min_pos = i[_LI_MIN_POS]
     avg_pos = i[_LI_AVG_POS]
     gain = f[_LF_GAIN]
+    m_min = f[_LF_MIN]
     # When every sample the block's interpolations read is below ceiling / (largest sum of |taps| of a
     # phase), no estimate can reach the ceiling: the interpolator runs only for the last frame, whose
     # value the next block needs. Exact, and the common case for music under the ceiling.
@@ -455,31 +458,56 @@ def limiter_block(block, n_frames, hist, req, avg, fir, f, i, ceiling, ceiling32
         slot = t & mask
         hist[slot, 0] = block[n, 0]
         hist[slot, 1] = block[n, 1]
+        # The same history per channel, twice over: the interpolator's 32 frames are contiguous there.
+        lin[0, slot] = block[n, 0]
+        lin[0, slot + size] = block[n, 0]
+        lin[1, slot] = block[n, 1]
+        lin[1, slot + size] = block[n, 1]
         # Peak of frame t - half: the sample and the oversampled values on both sides of it.
         centre = (t - half) & mask
         peak = max(abs(hist[centre, 0]), abs(hist[centre, 1]))
         ipeak = 0.0
         first = t - 2 * half + 1
         if not quiet or n == n_frames - 1:
+            base = first & mask
             for c in range(2):
+                h = lin[c]
+                if n_phase == 3:
+                    # The 4x interpolator's three phases in one pass over the taps (each sum in the
+                    # same order as the general loop below, so the same values).
+                    v0 = 0.0
+                    v1 = 0.0
+                    v2 = 0.0
+                    for m in range(2 * half):
+                        x = h[base + m]
+                        v0 += fir[0, m] * x
+                        v1 += fir[1, m] * x
+                        v2 += fir[2, m] * x
+                    ipeak = max(ipeak, abs(v0), abs(v1), abs(v2))
+                    continue
                 for j in range(n_phase):
                     v = 0.0
                     for m in range(2 * half):
-                        v += fir[j, m] * hist[(first + m) & mask, c]
+                        v += fir[j, m] * h[base + m]
                     ipeak = max(ipeak, abs(v))
         peak = max(peak, ipeak, ipeak_prev)
         ipeak_prev = ipeak
         g_req = 1.0
         if peak > ceiling:
             g_req = ceiling / peak
-        # Sliding minimum over the last attack + 1 requirements.
+        # Sliding minimum over the last attack + 1 requirements. Every requirement is <= 1, so the
+        # minimum only needs a new scan when the value leaving the window was it and was below 1.
+        leaving = req[min_pos]
         req[min_pos] = g_req
         min_pos += 1
         if min_pos == width:
             min_pos = 0
-        m_min = req[0]
-        for k in range(1, width):
-            m_min = min(m_min, req[k])
+        if leaving > m_min or m_min >= 1.0:
+            m_min = min(m_min, g_req)
+        else:
+            m_min = req[0]
+            for k in range(1, width):
+                m_min = min(m_min, req[k])
         # Instant attack, one-pole release; never above its input, so the guarantee survives.
         if m_min <= r:
             r = m_min
@@ -516,6 +544,7 @@ def limiter_block(block, n_frames, hist, req, avg, fir, f, i, ceiling, ceiling32
     f[_LF_SUM] = acc
     f[_LF_IPEAK] = ipeak_prev
     f[_LF_GAIN] = gain
+    f[_LF_MIN] = m_min
 
 
 class Limiter:
@@ -562,6 +591,7 @@ class Limiter:
         self.release = _smoothing_coef(release_s, sample_rate)
         size = 1 << int(max(self.latency_frames, 2 * _TP_HALF) + 1).bit_length()
         self.hist = np.zeros((size, 2), dtype=np.float32)
+        self.lin = np.zeros((2, 2 * size), dtype=np.float32)
         self.fir = _true_peak_fir(_TP_HALF, _TP_OVER)
         self.req = np.ones(self.attack_frames + 1)
         self.avg = np.ones(self.attack_frames + 1)
@@ -573,12 +603,14 @@ class Limiter:
     def reset(self) -> None:
         """Forget the past: silence in the delay line, gain 1."""
         self.hist[:] = 0.0
+        self.lin[:] = 0.0
         self.req[:] = 1.0
         self.avg[:] = 1.0
         self.f[:] = 0.0
         self.f[_LF_RELEASED] = 1.0
         self.f[_LF_SUM] = float(self.attack_frames + 1)
         self.f[_LF_GAIN] = 1.0
+        self.f[_LF_MIN] = 1.0
         self.f[_LF_BOUND] = float(np.abs(self.fir).sum(axis=1).max())
         self.i[:] = 0
 
@@ -595,7 +627,7 @@ class Limiter:
 
     @property
     def state(self) -> tuple:
-        return (self.hist, self.req, self.avg, self.fir, self.f, self.i, self.ceiling, self.ceiling32, self.release,
+        return (self.hist, self.lin, self.req, self.avg, self.fir, self.f, self.i, self.ceiling, self.ceiling32, self.release,
                 self.latency_frames, self.attack_frames)
 
     def process(self, block: np.ndarray) -> None:
