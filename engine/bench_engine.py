@@ -242,16 +242,15 @@ def engine_breakdown(tracks: list, block_frames: int = 128, audio_s: float = 3.0
     """Where a block's time goes: the four-deck keylock run with every stage wrapped in a wall-clock timer.
 
     Stages: ``stretch_ahead`` (vocoder frames computed ahead of need by :meth:`Stretcher.prefetch`, which
-    the engine spreads over blocks), ``stretch_block`` (the deck's stretch kernel: int16 staging,
-    resampler, output from the vocoder's ring, any vocoder frame not computed ahead),
-    ``hop_scheduling`` (the engine's choice of which deck computes ahead), ``stem_mix`` (stem gains and
-    sum), ``deck_post`` (trim, EQ and filter: one kernel), ``sync`` (followers' ratio), ``mixer``
-    (faders, crossfader, meters), ``limiter``; ``python_rest`` is the block's time outside all of them
-    (the engine's and the decks' bookkeeping). Microseconds per block (means), and each stage's share;
+    the engine spreads over blocks), ``deck_render`` (each playing deck's one kernel call,
+    :func:`engine.deck.render_block`: int16 staging, output from the vocoder's ring or the resampler,
+    any vocoder frame not computed ahead, stem gains and sum, trim, EQ and filter),
+    ``hop_scheduling`` (the engine's choice of which deck computes ahead), ``sync`` (followers' ratio),
+    ``mixer`` (faders, crossfader, meters), ``limiter``; ``python_rest`` is the block's time outside all
+    of them (the engine's and the decks' bookkeeping). Microseconds per block (means), and each stage's share;
     the timers' own cost is in ``instrumented_us`` against ``plain_us`` (the same run untimed).
     """
     import engine.core as core
-    import engine.deck as deck_mod
 
     engine = build_engine(tracks)
     out = np.zeros((block_frames, 2), np.float32)
@@ -262,13 +261,12 @@ def engine_breakdown(tracks: list, block_frames: int = 128, audio_s: float = 3.0
 
     acc: dict = collections.defaultdict(int)
     # Module-level kernels the Python layer calls (patched while timing, restored after).
-    patches = [(deck_mod, "mix_stems", "stem_mix"), (deck_mod, "post_block", "deck_post"),
-               (core, "add_faded", "mixer"), (core, "block_peak", "mixer"), (core, "gain_ramp_block", "mixer")]
+    patches = [(core, "add_faded", "mixer"), (core, "block_peak", "mixer"), (core, "gain_ramp_block", "mixer")]
     originals = [getattr(m, name) for m, name, _ in patches]
     for (m, name, key), fn in zip(patches, originals):
         setattr(m, name, _timed(fn, acc, key))
     for deck in engine.decks:
-        deck._stretch_kernel = _timed(deck._stretch_kernel, acc, "stretch_block")
+        deck._render_kernel = _timed(deck._render_kernel, acc, "deck_render")
         for st in deck._stretchers.values():
             st.prefetch = _timed(st.prefetch, acc, "stretch_ahead")
     engine._follow = _timed(engine._follow, acc, "sync")
@@ -290,20 +288,20 @@ def engine_breakdown(tracks: list, block_frames: int = 128, audio_s: float = 3.0
     per = collections.defaultdict(float, {k: v / n_blocks / 1000.0 for k, v in acc.items()})
     total = total_ns / n_blocks / 1000.0
     stages = {
-        "stretch_ahead": per["stretch_ahead"], "stretch_block": per["stretch_block"],
+        "stretch_ahead": per["stretch_ahead"], "deck_render": per["deck_render"],
         "hop_scheduling": per["hop_schedule_total"] - per["stretch_ahead"],
-        "stem_mix": per["stem_mix"], "deck_post": per["deck_post"], "sync": per["sync"], "mixer": per["mixer"],
+        "sync": per["sync"], "mixer": per["mixer"],
         "limiter": per["limiter"],
     }
     stages["python_rest"] = total - sum(stages.values())
-    stretcher = per["stretch_block"] + per["stretch_ahead"]
+    decks = per["deck_render"] + per["stretch_ahead"]
     return {
         "block_frames": block_frames, "blocks": n_blocks, "clock": "wall (perf_counter), means per block",
         "plain_us": round(plain["wall"]["mean_ms"] * 1000.0, 1),
         "instrumented_us": round(total, 1),
         "stages_us": {k: round(v, 1) for k, v in stages.items()},
         "stages_share": {k: round(v / total, 4) for k, v in stages.items()},
-        "stretcher_share": round(stretcher / total, 4),
+        "decks_share": round(decks / total, 4),
         "python_share": round((stages["hop_scheduling"] + stages["python_rest"]) / total, 4),
     }
 

@@ -181,6 +181,7 @@ class Engine:
         self._out = np.zeros((max_block_frames, self.channels), np.float32)
         self.taps = np.zeros((self.n_decks, max_block_frames, 2), np.float32) if deck_taps else None
         self._fader_applied = np.zeros(self.n_decks)
+        self._leads = [[-1.0, deck] for deck in self.decks]   # [vocoder lead, deck], reused every block
         self._master_applied = 1.0
         self._hp_applied = (0.0, 1.0)
         self._queue: collections.deque = collections.deque()
@@ -462,21 +463,24 @@ class Engine:
         """
         hop = self.decks[0].stretcher.hop_frames
         target = n + hop
-        vocoders = 0
-        for deck in self.decks:
-            if deck.playing and deck.stretcher.lead_frames >= 0.0:
-                vocoders += 1
-        for _ in range(-(-vocoders * n // hop)):
+        leads = self._leads
+        count = 0
+        for entry in leads:
+            deck = entry[1]
+            entry[0] = deck.stretcher.lead_frames if deck.playing else -1.0
+            if entry[0] >= 0.0:
+                count += 1
+        for _ in range(-(-count * n // hop)):
             best = None
             best_lead = target
-            for deck in self.decks:
-                if deck.playing:
-                    lead = deck.stretcher.lead_frames
-                    if 0.0 <= lead < best_lead:
-                        best, best_lead = deck, lead
+            for entry in leads:
+                if 0.0 <= entry[0] < best_lead:
+                    best, best_lead = entry, entry[0]
             if best is None:
                 return
-            best.stretcher.prefetch(best.track.stems, target)
+            deck = best[1]
+            deck.stretcher.prefetch(deck.track.stems, target)
+            best[0] = deck.stretcher.lead_frames     # only this deck's lead moved
 
     def _beat_frame(self, beat: float) -> int:
         """Output frame at which the master clock reaches ``beat``, at the current tempo."""

@@ -95,6 +95,31 @@ def post_block(block, n_frames, trim_start, trim_end, eq, filt, filter_knob):
                  lp_min_hz, hp_max_hz)
 
 
+
+@numba.njit(**_JIT)
+def render_block(handle, stems, stem_buf, n_frames, ratio, keylock, key_shift, gains_start, gains_end, scale,
+                 block, trim_start, trim_end, eq, filt, filter_knob):
+    """One playing deck's block in one kernel call: stretch the stems (:func:`engine.stretch.stretch_handle_block`),
+    mix them (:func:`mix_stems`), then trim, EQ and filter (:func:`post_block`). Returns the stretcher's
+    virtual source position after the block."""
+    virtual = stretch_handle_block(handle, stems, stem_buf, n_frames, ratio, keylock, key_shift)
+    mix_stems(stem_buf, n_frames, gains_start, gains_end, scale, block, 0)
+    post_block(block, n_frames, trim_start, trim_end, eq, filt, filter_knob)
+    return virtual
+
+
+def render_block_rubberband(handle, stems, stem_buf, n_frames, ratio, keylock, key_shift, gains_start, gains_end,
+                            scale, block, trim_start, trim_end, eq, filt, filter_knob):
+    """:func:`render_block` for a deck stretched by Rubber Band (:mod:`engine.rubberband`, offline only)."""
+    from engine.rubberband import rubberband_block
+
+    virtual = rubberband_block(handle, stems, stem_buf, n_frames, ratio, keylock, key_shift)
+    mix_stems(stem_buf, n_frames, gains_start, gains_end, scale, block, 0)
+    post_block(block, n_frames, trim_start, trim_end, eq, filt, filter_knob)
+    return virtual
+
+
+
 class Deck:
     """A deck of the engine (see the module docstring).
 
@@ -117,11 +142,11 @@ class Deck:
         self.sample_rate = sample_rate
         self.max_block_frames = max_block_frames
         if stretcher == "rubberband":
-            from engine.rubberband import RubberBandStretcher, rubberband_block
+            from engine.rubberband import RubberBandStretcher
 
-            kind, kernel = RubberBandStretcher, rubberband_block
+            kind, kernel = RubberBandStretcher, render_block_rubberband
         else:
-            kind, kernel = Stretcher, stretch_handle_block
+            kind, kernel = Stretcher, render_block
         self._stretchers = {4: kind(4, 2, sample_rate, max_block_frames), 1: kind(1, 2, sample_rate, max_block_frames)}
         self._stem_bufs = {4: np.zeros((4, max_block_frames, 2), np.float32),
                            1: np.zeros((1, max_block_frames, 2), np.float32)}
@@ -130,7 +155,7 @@ class Deck:
         self.filter = DjFilter(sample_rate)
         self._eq_state = self.eq.state            # built once: no tuple per block
         self._filter_state = self.filter.state
-        self._stretch_kernel = kernel                  # an attribute, so that a benchmark can time it
+        self._render_kernel = kernel                   # an attribute, so that a benchmark can time it
         self._loop_frames = (0, 0)                    # the loop the stretcher plays (whole frames)
         self._virtual_frames = 0.0                     # the stretcher's own (unwrapped) position
         self.track: DeckTrack | None = None
@@ -142,6 +167,12 @@ class Deck:
         self.params["play_gain"] = 0.0
         self._gains_applied = np.zeros(4)
         self._gains_next = np.zeros(4)
+        # The same values as Python tuples: arrays are written only when the gains change.
+        self._gains_applied_values = (0.0, 0.0, 0.0, 0.0)
+        self._gains_next_values = (0.0, 0.0, 0.0, 0.0)
+        self._trim_inputs = None          # (gain_db + auto_gain_db, play_gain) the trim was computed for
+        self._trim_target = 1.0
+        self._eq_db = None                # the EQ dB values the EQ targets were computed for
         self._stem_gain1 = np.ones(1)
         self._stem_gain1_next = np.ones(1)
         self._trim_applied = 0.0
@@ -284,9 +315,13 @@ class Deck:
         return (1.0 + self.params["pitch"]) * (1.0 + self.nudge)
 
     def _stem_gains(self, out: np.ndarray) -> None:
+        """Write the stems' gains (gain times on/off switch) into ``out`` when they changed."""
         p = self.params
-        for s, (gain_key, switch_key) in enumerate(_STEM_KEYS):
-            out[s] = p[gain_key] * p[switch_key]
+        (g0, s0), (g1, s1), (g2, s2), (g3, s3) = _STEM_KEYS
+        gains = (p[g0] * p[s0], p[g1] * p[s1], p[g2] * p[s2], p[g3] * p[s3])
+        if gains != self._gains_next_values:
+            out[:] = gains
+            self._gains_next_values = gains
 
     def render(self, n_frames: int, ratio: float) -> None:
         """Render ``n_frames`` pre-fader frames into ``self.block[:n_frames]`` at ``ratio`` source frames per
@@ -312,10 +347,25 @@ class Deck:
         else:
             g0, g1 = self._stem_gain1, self._stem_gain1_next
         scale = 1.0 / track.scale
+        p = self.params
+        # Gains recomputed only when their controls move (most blocks they do not).
+        trim_inputs = (p["gain_db"] + self.auto_gain_db, p["play_gain"])
+        if trim_inputs != self._trim_inputs:
+            self._trim_inputs = trim_inputs
+            self._trim_target = db_to_gain(trim_inputs[0]) * trim_inputs[1]
+        trim = self._trim_target
+        eq_db = (p["eq_low_db"], p["eq_mid_db"], p["eq_high_db"])
+        if eq_db != self._eq_db:
+            self._eq_db = eq_db
+            targets = self.eq.targets
+            for band in range(3):
+                targets[band] = db_to_gain(min(eq_db[band], MAX_EQ_DB))
         before = self.position_frames
         virtual0 = self._virtual_frames
-        virtual1 = self._stretch_kernel(st.handle, track.stems, stem_buf, n_frames, ratio, self.keylock,
-                                        self.params["key_shift"])
+        virtual1 = self._render_kernel(st.handle, track.stems, stem_buf, n_frames, ratio, self.keylock,
+                                       p["key_shift"], g0, g1, scale, block, self._trim_applied, trim,
+                                       self._eq_state, self._filter_state, p["filter"])
+        self._trim_applied = trim
         self._virtual_frames = virtual1
         self.position_frames = self._real(virtual1)
         if self.synced and self._loop_frames[1] > self._loop_frames[0]:
@@ -323,23 +373,15 @@ class Deck:
             continuous = before + (virtual1 - virtual0)
             if abs(self.position_frames - continuous) > 0.5:
                 self.sync_offset_beats += self.beat(self.position_frames) - self.beat(continuous)
-        mix_stems(stem_buf, n_frames, g0, g1, scale, block, 0)
         if self.rolling:
             self.slip_position += n_frames * ratio
-        if n_stems == 4:
+        if n_stems == 4 and self._gains_applied_values != self._gains_next_values:
             g0[:] = g1
+            self._gains_applied_values = self._gains_next_values
         if self.position_frames >= track.frames and ratio > 0.0:
             self.ended = True
             self.playing = False
             self.needs_restart = True
-        p = self.params
-        trim = db_to_gain(p["gain_db"] + self.auto_gain_db) * p["play_gain"]
-        targets = self.eq.targets
-        targets[0] = db_to_gain(min(p["eq_low_db"], MAX_EQ_DB))
-        targets[1] = db_to_gain(min(p["eq_mid_db"], MAX_EQ_DB))
-        targets[2] = db_to_gain(min(p["eq_high_db"], MAX_EQ_DB))
-        post_block(block, n_frames, self._trim_applied, trim, self._eq_state, self._filter_state, p["filter"])
-        self._trim_applied = trim
         if self._fx_any:
             if self.synced:
                 self._fx_frames_per_beat = self.master_frames_per_beat
