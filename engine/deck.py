@@ -170,6 +170,8 @@ class Deck:
         # The same values as Python tuples: arrays are written only when the gains change.
         self._gains_applied_values = (0.0, 0.0, 0.0, 0.0)
         self._gains_next_values = (0.0, 0.0, 0.0, 0.0)
+        self._track_frames = 0            # the loaded track's length and 1 / int16 scale, kept at attach
+        self._stem_scale = 1.0
         self._trim_inputs = None          # (gain_db + auto_gain_db, play_gain) the trim was computed for
         self._trim_target = 1.0
         self._eq_db = None                # the EQ dB values the EQ targets were computed for
@@ -235,6 +237,8 @@ class Deck:
             if track.stems.dtype != np.int16:
                 raise ValueError(f"{track.title}: a deck plays int16 stems, got {track.stems.dtype}")
             self.stretcher = self._stretchers[track.n_stems]
+            self._track_frames = track.frames
+            self._stem_scale = 1.0 / track.scale
             self.stretcher.bind(track.stems)
             self.stretcher.set_loop(0, 0)
             self._loop_frames = (0, 0)
@@ -339,14 +343,15 @@ class Deck:
             st.reset(self.position_frames, crossfade=False)
             self._virtual_frames = self.position_frames
             self.needs_restart = False
-        n_stems = track.n_stems
-        stem_buf = self._stem_bufs[n_stems]
-        if n_stems == 4:
+        stems = track.stems
+        four = stems.shape[0] == 4
+        if four:
             g0, g1 = self._gains_applied, self._gains_next
             self._stem_gains(g1)
+            stem_buf = self._stem_bufs[4]
         else:
             g0, g1 = self._stem_gain1, self._stem_gain1_next
-        scale = 1.0 / track.scale
+            stem_buf = self._stem_bufs[1]
         p = self.params
         # Gains recomputed only when their controls move (most blocks they do not).
         trim_inputs = (p["gain_db"] + self.auto_gain_db, p["play_gain"])
@@ -362,8 +367,8 @@ class Deck:
                 targets[band] = db_to_gain(min(eq_db[band], MAX_EQ_DB))
         before = self.position_frames
         virtual0 = self._virtual_frames
-        virtual1 = self._render_kernel(st.handle, track.stems, stem_buf, n_frames, ratio, self.keylock,
-                                       p["key_shift"], g0, g1, scale, block, self._trim_applied, trim,
+        virtual1 = self._render_kernel(st.handle, stems, stem_buf, n_frames, ratio, self.keylock,
+                                       p["key_shift"], g0, g1, self._stem_scale, block, self._trim_applied, trim,
                                        self._eq_state, self._filter_state, p["filter"])
         self._trim_applied = trim
         self._virtual_frames = virtual1
@@ -375,10 +380,10 @@ class Deck:
                 self.sync_offset_beats += self.beat(self.position_frames) - self.beat(continuous)
         if self.rolling:
             self.slip_position += n_frames * ratio
-        if n_stems == 4 and self._gains_applied_values != self._gains_next_values:
+        if four and self._gains_applied_values != self._gains_next_values:
             g0[:] = g1
             self._gains_applied_values = self._gains_next_values
-        if self.position_frames >= track.frames and ratio > 0.0:
+        if self.position_frames >= self._track_frames and ratio > 0.0:
             self.ended = True
             self.playing = False
             self.needs_restart = True
