@@ -476,7 +476,12 @@ class Deck:
         if t is not None:
             d["track"] = t.summary()
             d["beat"] = self.beat()
-            d["bpm"] = 60.0 * self.sample_rate / self.frames_per_beat() * self.ratio
+            if self.synced and self.playing:
+                # The tempo it is synced to, as a CDJ shows it: the phase corrections (a few hundredths
+                # of a BPM for a moment) are not a tempo change and would make the display flicker.
+                d["bpm"] = 60.0 * self.sample_rate / self.master_frames_per_beat
+            else:
+                d["bpm"] = 60.0 * self.sample_rate / self.frames_per_beat() * self.ratio
         return d
 
     def _fx_summary(self, slot: int) -> dict:
