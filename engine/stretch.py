@@ -476,35 +476,39 @@ def _in_source(start, n, slen):
 
 
 @numba.njit(**_JIT)
-def _window_stems(source, smask, slen, start, win, frames):
-    """Window ``len(win)`` frames from ``start`` into ``frames``: rows 0..n_ch-1 the stem sum per channel
-    (as :func:`_stem_sum`), then stem st, channel c at row ``n_ch + st * n_ch + c``; zero outside the source.
+def _window(source, smask, slen, start, win, rows, mono):
+    """Window ``len(win)`` frames from ``start``; zero outside the source.
+
+    ``mono``: ``rows[0, i] = _mono_sum(source, ..., start + i) * win[i]`` (the onset detector's
+    input). Otherwise rows 0..n_ch-1 get the stem sum per channel (as :func:`_stem_sum`), then stem st,
+    channel c row ``n_ch + st * n_ch + c`` (the vocoder's analysis frame).
 
     The window is read in runs of consecutive ring frames (split where a staging ring wraps), so the
     inner loops have no index masking or bounds tests.
     """
     n = win.shape[0]
-    n_stems = source.shape[0]
-    n_ch = source.shape[2]
     i_lo, i_hi = _in_source(start, n, slen)
-    for row in range(frames.shape[0]):
+    for row in range(rows.shape[0]):
         for i in range(0, i_lo):
-            frames[row, i] = 0.0
+            rows[row, i] = 0.0
         for i in range(i_hi, n):
-            frames[row, i] = 0.0
+            rows[row, i] = 0.0
     i = i_lo
     while i < i_hi:
         idx = (start + i) & smask if smask else start + i
         run = i_hi - i
         if smask and run > smask + 1 - idx:
             run = smask + 1 - idx
-        _window_run(source, idx, run, win, i, frames)
+        if mono:
+            _window_mono_run(source, idx, run, win, i, rows[0])
+        else:
+            _window_run(source, idx, run, win, i, rows)
         i += run
 
 
 @numba.njit(**_JIT)
 def _window_run(source, idx, run, win, i0, frames):
-    """:func:`_window_stems` for window frames ``[i0, i0 + run)``, read from array frame ``idx`` on."""
+    """:func:`_window` (stems) for window frames ``[i0, i0 + run)``, read from array frame ``idx`` on."""
     n_stems = source.shape[0]
     n_ch = source.shape[2]
     if n_ch == 2:
@@ -542,27 +546,8 @@ def _window_run(source, idx, run, win, i0, frames):
 
 
 @numba.njit(**_JIT)
-def _window_mono(source, smask, slen, start, win, buf):
-    """``buf[i] = _mono_sum(source, ..., start + i) * win[i]``, read in runs as :func:`_window_stems` does."""
-    n = win.shape[0]
-    i_lo, i_hi = _in_source(start, n, slen)
-    for i in range(0, i_lo):
-        buf[i] = 0.0
-    for i in range(i_hi, n):
-        buf[i] = 0.0
-    i = i_lo
-    while i < i_hi:
-        idx = (start + i) & smask if smask else start + i
-        run = i_hi - i
-        if smask and run > smask + 1 - idx:
-            run = smask + 1 - idx
-        _window_mono_run(source, idx, run, win, i, buf)
-        i += run
-
-
-@numba.njit(**_JIT)
 def _window_mono_run(source, idx, run, win, i0, buf):
-    """:func:`_window_mono` for window frames ``[i0, i0 + run)``, read from array frame ``idx`` on."""
+    """:func:`_window` (mono) for window frames ``[i0, i0 + run)``, read from array frame ``idx`` on."""
     n_stems = source.shape[0]
     if source.shape[2] == 2:
         # Stereo written out, as in _window_run: float32 stem sums per channel, then their float64 sum.
@@ -594,7 +579,7 @@ def _det_frame(source, smask, slen, fi, det_buf, det_win, det_re, det_im, det_ta
     count = fi[_I_DET_COUNT]
     slot = count % _DET_HIST
     start = centre - nd // 2
-    _window_mono(source, smask, slen, start, det_win, det_buf)
+    _window(source, smask, slen, start, det_win, det_buf.reshape(1, nd), True)
     if fftw_addresses[1] != 0:
         execute(fftw_addresses[0], fftw_addresses[1])
         for k in range(kd):
@@ -780,7 +765,7 @@ def _pv_frame(source, smask, slen, fi, ff, rate, hs, pv, det, flux_thresh_db, ph
     # Analysis: window and FFT the stem sum of each channel (for the decisions), then every stem. The
     # sum is transformed rather than summed from the stems' spectra so that a deck of stems and a deck
     # of their mix round alike and take the same decisions: the stretched stems sum to the stretched mix.
-    _window_stems(source, smask, slen, ci - half, win_a, frames)
+    _window(source, smask, slen, ci - half, win_a, frames, False)
     rows = n_ch + n_stems * n_ch
     use_fftw = fftw_addresses[1] != 0
     if use_fftw:
