@@ -108,18 +108,6 @@ def render_block(handle, stems, stem_buf, n_frames, ratio, keylock, key_shift, g
     return virtual
 
 
-def render_block_rubberband(handle, stems, stem_buf, n_frames, ratio, keylock, key_shift, gains_start, gains_end,
-                            scale, block, trim_start, trim_end, eq, filt, filter_knob):
-    """:func:`render_block` for a deck stretched by Rubber Band (:mod:`engine.rubberband`, offline only)."""
-    from engine.rubberband import rubberband_block
-
-    virtual = rubberband_block(handle, stems, stem_buf, n_frames, ratio, keylock, key_shift)
-    mix_stems(stem_buf, n_frames, gains_start, gains_end, scale, block, 0)
-    post_block(block, n_frames, trim_start, trim_end, eq, filt, filter_knob)
-    return virtual
-
-
-
 class Deck:
     """A deck of the engine (see the module docstring).
 
@@ -142,9 +130,9 @@ class Deck:
         self.sample_rate = sample_rate
         self.max_block_frames = max_block_frames
         if stretcher == "rubberband":
-            from engine.rubberband import RubberBandStretcher
+            from engine.rubberband import RubberBandStretcher, render_block as rubberband_render_block
 
-            kind, kernel = RubberBandStretcher, render_block_rubberband
+            kind, kernel = RubberBandStretcher, rubberband_render_block
         else:
             kind, kernel = Stretcher, render_block
         self._stretchers = {4: kind(4, 2, sample_rate, max_block_frames), 1: kind(1, 2, sample_rate, max_block_frames)}

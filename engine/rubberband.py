@@ -13,9 +13,8 @@ stretcher per stem.
 :class:`RubberBandStretcher` stands where a deck's
 :class:`engine.stretch.Stretcher` stands (``bind``, ``reset``, ``set_loop``,
 ``position_frames``, ``lead_frames``, ``prefetch``, ``handle``) and
-:func:`rubberband_block` where the deck calls
-:func:`engine.stretch.stretch_handle_block`. It is not for the audio thread:
-it allocates per block and calls into C++ through Python, so
+:func:`render_block` where the deck calls :func:`engine.deck.render_block`.
+It is not for the audio thread: it allocates per block and calls into C++ through Python, so
 :class:`engine.core.Engine` accepts it for offline renders only.
 
 Alignment: a restart feeds Rubber Band's preferred start pad from the source
@@ -29,7 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["RubberBandStretcher", "rubberband_block", "available"]
+from engine.deck import mix_stems, post_block
+
+__all__ = ["RubberBandStretcher", "render_block", "available"]
 
 _SLACK_FRAMES = 256
 """Input fed when R3 asks for none while it has no output yet (Mixxx's kRubberBandBlockSize)."""
@@ -58,7 +59,7 @@ class RubberBandStretcher:
     sample_rate : int
         Sample rate, Hz.
     max_block_frames : int
-        Largest ``n_frames`` of :func:`rubberband_block`.
+        Largest ``n_frames`` of :func:`render_block`.
     """
 
     hop_frames = 512
@@ -198,10 +199,13 @@ class RubberBandStretcher:
         return self._position
 
 
-def rubberband_block(state: RubberBandStretcher, source: np.ndarray, out: np.ndarray, n_frames: int, ratio: float,
-                     keylock: bool, semitones: float) -> float:
-    """The deck's stretch call (as :func:`engine.stretch.stretch_handle_block`) for a :class:`RubberBandStretcher`.
-
-    ``source`` is the array bound to ``state``; returns the virtual source position after the block.
-    """
-    return state.process_block(out, n_frames, ratio, keylock, semitones)
+def render_block(handle: RubberBandStretcher, stems: np.ndarray, stem_buf: np.ndarray, n_frames: int, ratio: float,
+                 keylock: bool, key_shift: float, gains_start: np.ndarray, gains_end: np.ndarray, scale: float,
+                 block: np.ndarray, trim_start: float, trim_end: float, eq: tuple, filt: tuple,
+                 filter_knob: float) -> float:
+    """:func:`engine.deck.render_block` for a deck stretched by a :class:`RubberBandStretcher`: stretch,
+    stem mix, trim/EQ/filter; returns the virtual source position after the block."""
+    virtual = handle.process_block(stem_buf, n_frames, ratio, keylock, key_shift)
+    mix_stems(stem_buf, n_frames, gains_start, gains_end, scale, block, 0)
+    post_block(block, n_frames, trim_start, trim_end, eq, filt, filter_knob)
+    return virtual
