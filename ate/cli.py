@@ -245,6 +245,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print("error: --stretcher is for ate bench automix", file=sys.stderr)
             return EXIT_USAGE
         options["stretcher"] = args.stretcher
+    if args.ahead_blocks is not None:
+        if args.what != "live":
+            print("error: --ahead-blocks is for ate bench live", file=sys.stderr)
+            return EXIT_USAGE
+        options["ahead_blocks"] = args.ahead_blocks
     result = run_benchmark(args.what, quick=args.quick, **options)
     if args.json:
         print(json.dumps(result))
@@ -301,6 +306,7 @@ def _cmd_engine(args: argparse.Namespace) -> int:
             check_surface_spec(spec)          # a typo is reported before the engine starts
         proc = EngineProcess(n_decks=args.decks, channels=args.channels, device=args.device,
                              block_frames=args.block_frames, latency=args.latency, host_api=args.host_api,
+                             ahead_blocks=args.ahead_blocks,
                              endpoint=args.endpoint, pub_endpoint=args.pub, curve_dir=args.curve,
                              record_path=args.record, record_minutes=args.record_minutes)
     except (EngineProcessError, SurfaceError, ValueError) as err:
@@ -315,7 +321,8 @@ def _cmd_engine(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(json.dumps({"endpoint": proc.endpoint, "pub_endpoint": proc.pub_endpoint, "device": report.get("device"),
                       "host_api": report.get("host_api"), "latency_s": report.get("latency_s"),
-                      "block_frames": report.get("block_frames"), "surfaces": [s.describe() for s in surfaces]}),
+                      "block_frames": report.get("block_frames"), "ahead_blocks": report.get("ahead_blocks"),
+                      "surfaces": [s.describe() for s in surfaces]}),
           flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -366,8 +373,23 @@ def _add_engine_process_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-frames", type=int, default=256, metavar="N", help="frames per callback (256)")
     p.add_argument("--latency", default=None, type=_latency_arg,
                    help="suggested output latency: seconds, or low/high (PortAudio's choice)")
+    _add_ahead_arg(p)
     _add_record_args(p)
     _add_surface_arg(p)
+
+
+def _ahead_arg(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 16:
+        raise argparse.ArgumentTypeError(f"must be 0..16, got {value}")
+    return value
+
+
+def _add_ahead_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ahead-blocks", type=_ahead_arg, default=None, metavar="N",
+                   help="blocks the engine renders ahead of a GIL-free device callback: it survives being held "
+                        "off that long, and the latency grows as much (default: engine.output.DEFAULT_AHEAD_BLOCKS;"
+                        " 0: render inside a Python callback, the lowest latency)")
 
 
 def _add_record_args(p: argparse.ArgumentParser) -> None:
@@ -500,6 +522,7 @@ def _cmd_live(args: argparse.Namespace) -> int:
             check_surface_spec(spec)
         proc = EngineProcess(n_decks=args.decks, channels=args.channels, device=args.device,
                              block_frames=args.block_frames, latency=args.latency, host_api=args.host_api,
+                             ahead_blocks=args.ahead_blocks,
                              endpoint=args.endpoint, pub_endpoint=args.pub, record_path=args.record,
                              record_minutes=args.record_minutes)
     except (PresetError, EngineProcessError, SurfaceError, ValueError) as err:
@@ -545,7 +568,8 @@ def _cmd_play(args: argparse.Namespace) -> int:
             device = int(device)
         print(f"playing {Path(script.path).name} for {seconds:.1f} s ...", file=sys.stderr)
         report = play_commands(script.commands, seconds, device=device, block_frames=args.block_frames,
-                               channels=script.channels, latency=args.latency, n_decks=script.decks)
+                               channels=script.channels, latency=args.latency, n_decks=script.decks,
+                               ahead_blocks=args.ahead_blocks)
     except (ScriptError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -676,6 +700,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smaller set, for a fast check")
     p.add_argument("--stretcher", choices=("rubberband",), default=None,
                    help="automix: also render the planner's route with Rubber Band R3 stretching the decks")
+    p.add_argument("--ahead-blocks", type=_ahead_arg, default=None, metavar="N",
+                   help="live: blocks rendered ahead of the device callback (default: the engine's; 0: render "
+                        "inside a Python callback)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("engine", help="run the engine in its own process, served over ZeroMQ (docs/protocol.md)")
@@ -742,6 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-frames", type=int, default=256, metavar="N", help="frames per callback (256)")
     p.add_argument("--latency", default=None, type=_latency_arg,
                    help="suggested output latency: seconds, or low/high (PortAudio's choice)")
+    _add_ahead_arg(p)
     p.add_argument("--seconds", type=float, default=None, metavar="S", help="how long to play (default: the script's)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.set_defaults(func=_cmd_play)

@@ -9,10 +9,10 @@ loopback and a REQ client in another thread.
   ZeroMQ REP socket in the same run (the transport's own floor).
 - **Command to audio**: deck 0 plays a generated track with its channel
   fader at 0; the client sends ``set volume 1`` at ``t0``; the first output
-  block that is not silent was started at callback time ``tc``; the command is
-  heard at ``tc + latency`` (the output latency PortAudio reports), so the
-  latency is ``tc + latency - t0``. Repeated with the fader going back to 0
-  in between.
+  block that is not silent began rendering at ``tc``; the command is heard at
+  ``tc + latency`` (the output latency: PortAudio's, plus the blocks the
+  engine renders ahead of the device, ``ahead_blocks``), so the latency is
+  ``tc + latency - t0``. Repeated with the fader going back to 0 in between.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def bench_control(quick: bool = False) -> dict:
             output.stop()
     med = lambda x: float(np.median(x))  # noqa: E731
     return {
-        "block_frames": block, "output_latency_ms": round(latency_s * 1000.0, 3),
+        "block_frames": block, "ahead_blocks": output.ahead_blocks, "output_latency_ms": round(latency_s * 1000.0, 3),
         "round_trip_ms": {"state": _stats_ms(trips_state), "command": _stats_ms(trips_cmd)},
         "peer_bare_zmq_echo_ms": {"state_payload": _stats_ms(trips_echo_state),
                                   "command_payload": _stats_ms(trips_echo_cmd)},
@@ -124,8 +124,9 @@ def bench_control(quick: bool = False) -> dict:
         "command_to_audio_ms": _stats_ms(to_audio) if to_audio else None,
         "command_to_audio_floor_ms": round((block / engine.sample_rate + latency_s) * 1000.0, 3),
         "xruns": report["xruns"], "quick": quick,
-        "notes": ["command_to_audio = start of the first audible block's callback + PortAudio's output latency "
-                  "- the time the command was sent; its floor is up to one block of waiting plus the latency."],
+        "notes": ["command_to_audio = start of the first audible block's rendering + the output latency (PortAudio's "
+                  "and the blocks rendered ahead) - the time the command was sent; its floor is up to one block of "
+                  "waiting plus the latency."],
     }
 
 
@@ -134,7 +135,7 @@ def _command_to_audio(endpoint: str, engine, output, n: int, latency_s: float) -
     sock = _req(endpoint)
     results = []
     for _ in range(n):
-        since = output.callbacks
+        since = output.blocks
         t0 = time.perf_counter()
         sock.send(json.dumps({"v": 1, "cmd": "set", "deck": 0, "param": "volume", "value": 1.0}).encode())
         sock.recv()

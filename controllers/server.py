@@ -133,6 +133,12 @@ class ProtocolServer:
         self._thread = threading.Thread(target=self._serve, name="ate-zmq", daemon=True)
         self._thread.start()
 
+    @property
+    def thread_id(self) -> int:
+        """Native id of the serving thread (the engine process runs it real-time: see
+        :func:`engine.output.raise_helper_threads`)."""
+        return self._thread.native_id
+
     def _reply(self, frames: list[bytes]) -> None:
         envelope, payload = frames[:-1], frames[-1]
         message, why = decode_request(payload)

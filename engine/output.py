@@ -52,7 +52,7 @@ import numpy as np
 
 from engine.core import Engine, block_peak
 
-__all__ = ["AudioOutput", "warm_up", "find_device", "rescan_devices", "play_commands", "JackDummyServer",
+__all__ = ["AudioOutput", "raise_helper_threads", "warm_up", "find_device", "rescan_devices", "play_commands", "JackDummyServer",
            "bench_live", "XRUN_FLAGS", "COST_HISTORY"]
 
 XRUN_FLAGS = ("output_underflow", "output_overflow", "input_underflow", "input_overflow")
@@ -60,6 +60,9 @@ XRUN_FLAGS = ("output_underflow", "output_overflow", "input_underflow", "input_o
 _STATUS_FLAGS = XRUN_FLAGS + ("priming_output",)
 COST_HISTORY = 1 << 18
 """Callbacks whose cost is kept (a ring): 12.7 minutes at 128 frames, 44.1 kHz."""
+
+DEFAULT_AHEAD_BLOCKS = 2
+"""Blocks rendered ahead of the device callback unless told otherwise (see :class:`AudioOutput`)."""
 
 XRUN_WINDOW_CALLBACKS = 2
 """Callbacks before a flagged one that may have been the late one (PortAudio flags the next callback, or the
@@ -77,22 +80,56 @@ def _copy_block(dst, pos, src):
 
 
 REALTIME_PRIORITY = 60
-"""``SCHED_FIFO`` priority asked for the audio thread: under JACK's own (70 and up when it runs real-time), over
+"""``SCHED_FIFO`` priority asked for the audio thread when the device's thread is not real-time itself: over
 everything that runs at normal priority."""
 
 
-def _raise_thread_priority() -> bool:
-    """Put the calling thread under ``SCHED_FIFO`` at :data:`REALTIME_PRIORITY` unless it is real-time already
-    (a real-time JACK gives its clients' threads a priority under its own: that one stays); whether the thread
-    now runs real-time."""
+def _raise_thread_priority(priority: int = REALTIME_PRIORITY, thread_id: int = 0) -> bool:
+    """Put a thread (``thread_id``, a native id; 0: the calling one) under ``SCHED_FIFO`` at ``priority`` unless
+    it is real-time already (a real-time JACK runs its clients' process threads under its own, at 5 with Debian's
+    default ``-P 10``: that one stays); whether the thread now runs real-time."""
     try:
-        # pid 0 is the calling thread on Linux: the audio thread, not the process.
-        if os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR):
+        # On Linux a pid names one thread: 0 is the calling thread, not the process.
+        if os.sched_getscheduler(thread_id) in (os.SCHED_FIFO, os.SCHED_RR):
             return True
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+        os.sched_setscheduler(thread_id, os.SCHED_FIFO, os.sched_param(priority))
     except (AttributeError, OSError):
         return False
     return True
+
+
+def _thread_priority() -> int | None:
+    """The calling thread's ``SCHED_FIFO``/``SCHED_RR`` priority (None: not real-time)."""
+    try:
+        if os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR):
+            return os.sched_getparam(0).sched_priority
+    except (AttributeError, OSError):
+        pass
+    return None
+
+
+def raise_helper_threads(output: AudioOutput, thread_ids: list[int], timeout_s: float = 2.0) -> int | None:
+    """Run the threads of the engine's process that take the GIL (``thread_ids``: native ids) real-time, one
+    priority under the audio thread, once it plays; returns that priority (None: the audio thread is not
+    real-time, or did not start within ``timeout_s``, and nothing was changed).
+
+    The audio thread needs the GIL for every block. A thread of normal priority that holds it (a request being
+    parsed) can be preempted by any other process's thread, and the audio thread then waits for a thread that is
+    not even running: a priority inversion, and on a busy 2-core machine the main cause of late blocks under a
+    command flood. Real-time, the holder runs until it lets the GIL go; under the audio thread, it never delays it
+    otherwise.
+    """
+    deadline = perf_counter() + timeout_s
+    while output.audio_thread_priority is None and output.active and perf_counter() < deadline:
+        time.sleep(0.005)
+    audio = output.audio_thread_priority
+    if audio is None:
+        return None
+    priority = max(1, audio - 1)
+    for thread_id in thread_ids:
+        if not _raise_thread_priority(priority, thread_id):
+            return None
+    return priority
 
 
 class AudioOutput:
@@ -106,7 +143,8 @@ class AudioOutput:
         PortAudio output device (index or name substring, as sounddevice takes
         it; see :func:`find_device`). Default: PortAudio's default output.
     block_frames : int
-        Frames per callback (PortAudio ``blocksize``); 0 lets the host choose.
+        Frames per callback (PortAudio ``blocksize``); 0 lets the host choose
+        (only with ``ahead_blocks=0``).
     latency : float or str, optional
         Suggested output latency, seconds, or "low"/"high" (PortAudio's
         suggestion; the real one is in :meth:`report`).
@@ -114,18 +152,29 @@ class AudioOutput:
         Length of the capture buffer, seconds (0: no capture). The first
         ``capture_seconds`` of output are copied there; see :meth:`captured`.
     realtime : bool
-        Ask, once, in the first callback, for real-time scheduling of the audio
-        thread (``SCHED_FIFO`` at :data:`REALTIME_PRIORITY`) so that other
-        processes (a flood of commands, a UI) cannot hold it off; refused when
-        the user may not (no ``rtprio`` limit, not root): then it plays on at
-        the priority it has. :meth:`report` says which (``realtime_priority``).
+        Ask, once, for real-time scheduling of the audio thread (``SCHED_FIFO``
+        at :data:`REALTIME_PRIORITY`) so that other processes (a flood of
+        commands, a UI) cannot hold it off; refused when the user may not (no
+        ``rtprio`` limit, not root): then it plays on at the priority it has.
+        :meth:`report` says which (``realtime_priority``).
+    ahead_blocks : int, optional
+        Default :data:`DEFAULT_AHEAD_BLOCKS` (0 when ``block_frames`` is 0). 0: the engine renders inside PortAudio's callback (a Python callback:
+        it needs the GIL). 1 or more: PortAudio calls the GIL-free
+        :data:`engine.ring.device_callback`, and a render thread (the audio
+        thread then) keeps a :class:`engine.ring.FrameRing` filled this many
+        blocks ahead: it may be held off for up to that many block periods
+        without a gap, and the output latency grows by as much
+        (``ahead_blocks * block_frames`` frames; :meth:`report`'s
+        ``latency_s`` includes it).
 
     Attributes
     ----------
+    blocks : int
+        Engine blocks rendered so far (the index of :meth:`costs_s` and ``since``).
     callbacks : int
-        Callbacks run so far.
+        Device callbacks so far (the same as ``blocks`` with ``ahead_blocks=0``).
     frames : int
-        Frames delivered so far.
+        Frames rendered so far.
     xrun_callbacks : int
         Callbacks whose status had an xrun flag.
     xruns : dict
@@ -133,18 +182,26 @@ class AudioOutput:
     """
 
     def __init__(self, engine: Engine, device: int | str | None = None, block_frames: int = 256,
-                 latency: float | str | None = None, capture_seconds: float = 0.0, realtime: bool = True):
+                 latency: float | str | None = None, capture_seconds: float = 0.0, realtime: bool = True,
+                 ahead_blocks: int | None = None):
         if engine.stretcher != "engine":
             raise ValueError(f"output: the {engine.stretcher} stretcher is for offline renders (it allocates in "
                              "the audio thread); play live with the engine's own")
+        if ahead_blocks is None:
+            ahead_blocks = DEFAULT_AHEAD_BLOCKS if block_frames >= 1 else 0
+        if ahead_blocks < 0 or (ahead_blocks and block_frames < 1):
+            raise ValueError(f"output: ahead_blocks={ahead_blocks} needs a fixed block_frames >= 1 "
+                             f"(got {block_frames})")
         self.engine = engine
         self.realtime = realtime
         self.realtime_priority: bool | None = None    # None: not asked yet
         self.device = device
         self.block_frames = int(block_frames)
         self.latency = latency
+        self.ahead_blocks = int(ahead_blocks)
         self.sample_rate = engine.sample_rate
         self.channels = engine.channels
+        self.blocks = 0
         self.callbacks = 0
         self.frames = 0
         self.irregular_blocks = 0
@@ -156,8 +213,8 @@ class AudioOutput:
         self.first_error: str | None = None
         self.xruns = {name: 0 for name in _STATUS_FLAGS}
         self._costs = np.zeros(COST_HISTORY, np.float64)
-        self._starts = np.zeros(COST_HISTORY, np.float64)   # perf_counter() at each callback's start
-        self._peaks = np.zeros(COST_HISTORY, np.float64)    # peak of each callback's output
+        self._starts = np.zeros(COST_HISTORY, np.float64)   # perf_counter() at each block's start
+        self._peaks = np.zeros(COST_HISTORY, np.float64)    # peak of each block's output
         self._cpu = np.zeros(COST_HISTORY, np.float64)
         self._cost_mask = COST_HISTORY - 1
         n_capture = int(round(capture_seconds * self.sample_rate))
@@ -167,16 +224,47 @@ class AudioOutput:
         if self._capture is not None:
             # Compile (or load) the copy kernel now, not in the first callback.
             _copy_block(self._capture, n_capture, np.zeros((max(self.block_frames, 1), self.channels), np.float32))
+        self._ring = None
+        self._ring_block = None
+        self._render_thread = None
+        self.audio_thread_priority: int | None = None   # its SCHED_FIFO priority, once it runs (None: not RT)
+        self._rendering = False
+        if self.ahead_blocks:
+            from engine.ring import FrameRing
+
+            self._ring = FrameRing((self.ahead_blocks + 1) * self.block_frames, self.channels, self.block_frames)
+            self._ring_block = np.zeros((self.block_frames, self.channels), np.float32)
         self._stream = None
         self._info: dict = {}
 
     # ------------------------------------------------------------------ the audio thread
 
+    def _render(self, out: np.ndarray) -> None:
+        """One block of the engine into ``out``, with its cost, peak and capture recorded."""
+        t0 = perf_counter()
+        c0 = thread_time()
+        try:
+            self.engine.process(out)
+        except Exception as err:  # noqa: BLE001 -- an exception would stop the stream: play silence instead
+            out.fill(0.0)
+            self.errors += 1
+            if self.first_error is None:
+                self.first_error = f"{type(err).__name__}: {err}"
+        if self._capture_pos < self._capture_len:
+            self._capture_pos = _copy_block(self._capture, self._capture_pos, out)
+        frames = out.shape[0]
+        self.frames += frames
+        n = self.blocks
+        self._peaks[n & self._cost_mask] = block_peak(out, frames)
+        self._cpu[n & self._cost_mask] = thread_time() - c0
+        self._costs[n & self._cost_mask] = perf_counter() - t0
+        self._starts[n & self._cost_mask] = t0
+        self.blocks = n + 1
+
     def _callback(self, outdata, frames, time_info, status) -> None:
         if self.realtime_priority is None:
             self.realtime_priority = self.realtime and _raise_thread_priority()
-        t0 = perf_counter()
-        c0 = thread_time()
+            self.audio_thread_priority = _thread_priority()
         if status:
             if status.output_underflow or status.output_overflow or status.input_underflow or status.input_overflow:
                 if self.xrun_callbacks < len(self._xrun_at):
@@ -185,28 +273,35 @@ class AudioOutput:
             for name in _STATUS_FLAGS:
                 if getattr(status, name):
                     self.xruns[name] += 1
-        try:
-            self.engine.process(outdata)
-        except Exception as err:  # noqa: BLE001 -- an exception would stop the stream: play silence instead
-            outdata.fill(0.0)
-            self.errors += 1
-            if self.first_error is None:
-                self.first_error = f"{type(err).__name__}: {err}"
-        if self._capture_pos < self._capture_len:
-            self._capture_pos = _copy_block(self._capture, self._capture_pos, outdata)
+        self._render(outdata)
         if frames != self.block_frames:
             self.irregular_blocks += 1
         if frames < self.block_frames_min or self.callbacks == 0:
             self.block_frames_min = frames
         if frames > self.block_frames_max:
             self.block_frames_max = frames
-        self.frames += frames
-        n = self.callbacks
-        self._cpu[n & self._cost_mask] = thread_time() - c0
-        self._costs[n & self._cost_mask] = perf_counter() - t0
-        self._starts[n & self._cost_mask] = t0
-        self._peaks[n & self._cost_mask] = block_peak(outdata, frames)
-        self.callbacks = n + 1
+        self.callbacks += 1
+
+    def _fill_ring(self) -> None:
+        """Render blocks into the ring until it holds ``ahead_blocks`` of them."""
+        ring, block = self._ring, self._ring_block
+        target = self.ahead_blocks * self.block_frames
+        while ring.fill_frames() + self.block_frames <= target:
+            self._render(block)
+            ring.write(block)
+
+    def _render_loop(self) -> None:
+        """The audio thread with ``ahead_blocks``: refill the ring each time the device callback takes from it."""
+        ring = self._ring
+        ring.wait()       # the first callback: the ring was filled before the stream started
+        device = ring.device_priority()
+        # Under the device's thread, which must never wait for this one, over everything not real-time.
+        self.realtime_priority = self.realtime and _raise_thread_priority(
+            REALTIME_PRIORITY if device is None else max(1, device - 1))
+        self.audio_thread_priority = _thread_priority()
+        while self._rendering:
+            self._fill_ring()
+            ring.wait()
 
     # ------------------------------------------------------------------ control
 
@@ -216,12 +311,29 @@ class AudioOutput:
             return
         import sounddevice as sd
 
-        stream = sd.OutputStream(samplerate=self.sample_rate, channels=self.channels, dtype="float32",
-                                 blocksize=self.block_frames, device=self.device, latency=self.latency,
-                                 callback=self._callback)
+        if self._ring is None:
+            stream = sd.OutputStream(samplerate=self.sample_rate, channels=self.channels, dtype="float32",
+                                     blocksize=self.block_frames, device=self.device, latency=self.latency,
+                                     callback=self._callback)
+        else:
+            import threading
+
+            from engine.ring import device_callback
+
+            self._fill_ring()
+            # sounddevice's base stream takes a C callback and its userData as they are (as python-rtmixer does).
+            stream = sd._StreamBase(kind="output", samplerate=self.sample_rate, channels=self.channels,
+                                    dtype="float32", blocksize=self.block_frames, device=self.device,
+                                    latency=self.latency, callback=device_callback.address,
+                                    userdata=sd._ffi.cast("void *", self._ring.address))
+            self._rendering = True
+            self._render_thread = threading.Thread(target=self._render_loop, name="ate-render", daemon=True)
+            self._render_thread.start()
         info = sd.query_devices(stream.device)
+        ahead_s = self.ahead_blocks * self.block_frames / self.sample_rate
         self._info = {"device": info["name"], "device_index": int(stream.device),
-                      "host_api": sd.query_hostapis(info["hostapi"])["name"], "latency_s": float(stream.latency),
+                      "host_api": sd.query_hostapis(info["hostapi"])["name"],
+                      "latency_s": float(stream.latency) + ahead_s, "device_latency_s": float(stream.latency),
                       "stream_sample_rate": float(stream.samplerate)}
         self._stream = stream
         stream.start()
@@ -232,6 +344,11 @@ class AudioOutput:
         if stream is not None:
             stream.stop()
             stream.close()
+        thread, self._render_thread = self._render_thread, None
+        if thread is not None:
+            self._rendering = False
+            self._ring.wake()
+            thread.join()
 
     @property
     def active(self) -> bool:
@@ -253,82 +370,100 @@ class AudioOutput:
             return np.zeros((0, self.channels), np.float32)
         return self._capture[:self._capture_pos].copy()
 
-    def _ring(self, ring: np.ndarray, since: int) -> np.ndarray:
-        n = self.callbacks
+    def _history(self, ring: np.ndarray, since: int) -> np.ndarray:
+        n = self.blocks
         first = max(since, n - COST_HISTORY, 0)
         idx = np.arange(first, n) & self._cost_mask
         return ring[idx]
 
     def peaks_since(self, since: int = 0) -> np.ndarray:
-        """Peak sample of each callback's output (callbacks ``since`` on, within the last :data:`COST_HISTORY`)."""
-        return self._ring(self._peaks, since)
+        """Peak sample of each block's output (blocks ``since`` on, within the last :data:`COST_HISTORY`)."""
+        return self._history(self._peaks, since)
 
     def starts_s(self, since: int = 0) -> np.ndarray:
-        """``time.perf_counter()`` at the start of each callback (of callbacks ``since`` on, within the last
+        """``time.perf_counter()`` at the start of each block's rendering (blocks ``since`` on, within the last
         :data:`COST_HISTORY`), seconds: with the ``latency_s`` of :meth:`report` it tells when a block was heard."""
-        return self._ring(self._starts, since)
+        return self._history(self._starts, since)
 
     def costs_s(self, since: int = 0) -> np.ndarray:
-        """Per-callback costs (of callbacks ``since`` on, within the last :data:`COST_HISTORY`), seconds."""
-        return self._ring(self._costs, since)
+        """Per-block rendering costs (blocks ``since`` on, within the last :data:`COST_HISTORY`), seconds."""
+        return self._history(self._costs, since)
 
     def cpu_s(self, since: int = 0) -> np.ndarray:
-        """Per-callback CPU time of the audio thread (``time.thread_time``), seconds; next to :meth:`costs_s`
+        """Per-block CPU time of the audio thread (``time.thread_time``), seconds; next to :meth:`costs_s`
         it tells work from waiting (preemption by other processes, the GIL)."""
-        return self._ring(self._cpu, since)
+        return self._history(self._cpu, since)
 
     def report(self, since: int = 0) -> dict:
         """JSON-ready summary of the run so far.
 
-        Keys: ``device``, ``host_api``, ``latency_s`` (output latency as
-        PortAudio reports it for the open stream, seconds), ``sample_rate``,
-        ``channels``, ``block_frames`` (requested), ``block_frames_min``/``max``
+        Keys: ``device``, ``host_api``, ``latency_s`` (output latency:
+        PortAudio's for the open stream, ``device_latency_s``, plus the
+        ring's ``ahead_blocks``, seconds), ``sample_rate``, ``channels``,
+        ``block_frames`` (requested), ``ahead_blocks``, ``block_frames_min``/``max``
         (what the callbacks received), ``irregular_blocks`` (callbacks that did
-        not get ``block_frames``), ``callbacks``, ``frames``, ``seconds``,
-        ``xruns`` (callbacks with any of :data:`XRUN_FLAGS`: PortAudio's JACK
-        host raises both ``output_underflow`` and ``input_overflow`` for one
-        xrun), ``xruns_by_flag`` (count per flag), ``xrun_callbacks_at``
-        (indices of the first 64 flagged callbacks; the flag arrives with
-        the callback *after* the late one), ``xrun_cpu_ms`` (for each of
-        those, the largest CPU time of the audio thread in the flagged
-        callback and the two before it, ms: a cheap window means the thread
-        was held off, not that the engine's work was late),
-        ``cost_ms`` and ``cost_fraction`` (median, p99, max of the callback's
-        own duration, ms and as a fraction of one block's duration),
-        ``cpu_ms`` (the same for the audio thread's CPU time in the callback:
-        where ``cost_ms`` is much larger, the callback waited, for the CPU or the GIL),
-        ``errors``/``first_error`` (exceptions the callback caught),
-        ``commands_applied``, ``active``.
+        not get ``block_frames``), ``callbacks``, ``blocks`` (engine blocks
+        rendered), ``frames``, ``seconds``, ``xruns`` (callbacks with any of
+        :data:`XRUN_FLAGS`: PortAudio's JACK host raises both
+        ``output_underflow`` and ``input_overflow`` for one xrun; with
+        ``ahead_blocks``, plus the ring's ``underruns``: callbacks that found
+        the ring short and played silence), ``xruns_by_flag`` (count per flag),
+        ``xrun_callbacks_at`` (indices of the first 64 flagged callbacks; the
+        flag arrives with the callback *after* the late one), ``xrun_cpu_ms``
+        (without ``ahead_blocks``: for each of those, the largest CPU time of
+        the audio thread in the flagged callback and the two before it, ms: a
+        cheap window means the thread was held off, not that the engine's work
+        was late), ``cost_ms`` and ``cost_fraction`` (median, p99, max of a
+        block's rendering, ms and as a fraction of one block's duration),
+        ``cpu_ms`` (the same for the audio thread's CPU time: where ``cost_ms``
+        is much larger, the thread waited, for the CPU or the GIL),
+        ``errors``/``first_error`` (exceptions the audio thread caught),
+        ``commands_applied``, ``active``; with ``ahead_blocks``, ``ring``
+        (:meth:`engine.ring.FrameRing.counters`).
 
-        The cost is measured inside the callback: time the audio thread spent
-        waiting for the GIL before PortAudio could enter the Python callback
-        is not in it (it shows up as an xrun with a cheap callback).
+        Without ``ahead_blocks`` the cost is measured inside the callback: time
+        the audio thread spent waiting for the GIL before PortAudio could
+        enter the Python callback is not in it (it shows up as an xrun with a
+        cheap callback).
 
         Parameters
         ----------
         since : int
-            Callback index from which the cost statistics are taken (a phase of
-            a run); counters are always totals.
+            Block index from which the cost statistics are taken (a phase of
+            a run: a previous report's ``blocks``); counters are always totals.
         """
         block_s = (self.block_frames or max(self.block_frames_max, 1)) / self.sample_rate
-        xrun_at = [int(i) for i in self._xrun_at[:min(self.xrun_callbacks, len(self._xrun_at))]]
         stats, cpu = _stats(self.costs_s(since)), _stats(self.cpu_s(since))
-        return {**self._info, "sample_rate": self.sample_rate, "channels": self.channels,
-                "block_frames": self.block_frames, "block_frames_min": self.block_frames_min,
-                "block_frames_max": self.block_frames_max, "irregular_blocks": self.irregular_blocks,
-                "callbacks": self.callbacks, "frames": self.frames, "seconds": self.frames / self.sample_rate,
-                "xruns": self.xrun_callbacks, "xruns_by_flag": dict(self.xruns),
-                "xrun_callbacks_at": xrun_at, "xrun_cpu_ms": [self._window_cpu_ms(i) for i in xrun_at],
-                "cost_ms": {k: round(v * 1e3, 4) for k, v in stats.items()},
-                "cost_fraction": {k: round(v / block_s, 4) for k, v in stats.items()},
-                "cpu_ms": {k: round(v * 1e3, 4) for k, v in cpu.items()},
-                "errors": self.errors, "first_error": self.first_error,
-                "commands_applied": self.engine.commands_applied, "active": self.active,
-                "realtime_priority": self.realtime_priority}
-
+        report = {**self._info, "sample_rate": self.sample_rate, "channels": self.channels,
+                  "block_frames": self.block_frames, "ahead_blocks": self.ahead_blocks,
+                  "cost_ms": {k: round(v * 1e3, 4) for k, v in stats.items()},
+                  "cost_fraction": {k: round(v / block_s, 4) for k, v in stats.items()},
+                  "cpu_ms": {k: round(v * 1e3, 4) for k, v in cpu.items()},
+                  "blocks": self.blocks, "frames": self.frames, "seconds": self.frames / self.sample_rate,
+                  "errors": self.errors, "first_error": self.first_error,
+                  "commands_applied": self.engine.commands_applied, "active": self.active,
+                  "realtime_priority": self.realtime_priority, "audio_thread_priority": self.audio_thread_priority}
+        if self._ring is None:
+            xrun_at = [int(i) for i in self._xrun_at[:min(self.xrun_callbacks, len(self._xrun_at))]]
+            report.update({"block_frames_min": self.block_frames_min, "block_frames_max": self.block_frames_max,
+                           "irregular_blocks": self.irregular_blocks, "callbacks": self.callbacks,
+                           "xruns": self.xrun_callbacks, "xruns_by_flag": dict(self.xruns)})
+        else:
+            ring = self._ring.counters()
+            flags = {name: ring["flags"][name] for name in _STATUS_FLAGS}
+            xrun_at = sorted(ring["xrun_callbacks_at"] + ring["underrun_callbacks_at"])[:len(self._xrun_at)]
+            report.update({"block_frames_min": ring["frames_per_callback_min"],
+                           "block_frames_max": ring["frames_per_callback_max"],
+                           "irregular_blocks": ring["irregular_callbacks"], "callbacks": ring["callbacks"],
+                           "xruns": ring["xrun_callbacks"] + ring["underruns"],
+                           "xruns_by_flag": {**flags, "ring_underrun": ring["underruns"]},
+                           "ring": ring, "device_thread_priority": self._ring.device_priority()})
+        # Callback i plays block i (the ring never skips), so the same window of block costs serves both modes.
+        report.update({"xrun_callbacks_at": xrun_at, "xrun_cpu_ms": [self._window_cpu_ms(i) for i in xrun_at]})
+        return report
 
     def _window_cpu_ms(self, callback: int, before: int = XRUN_WINDOW_CALLBACKS) -> float | None:
-        first = max(callback - before, self.callbacks - COST_HISTORY, 0)
+        first = max(callback - before, self.blocks - COST_HISTORY, 0)
         if first > callback:
             return None
         return round(float(self._cpu[np.arange(first, callback + 1) & self._cost_mask].max()) * 1e3, 4)
@@ -466,7 +601,7 @@ def find_device(host_api: str | None = None, name: str | None = None) -> int:
 
 def play_commands(commands: list[dict], seconds: float, *, device: int | str | None = None, block_frames: int = 256,
                   channels: int = 2, latency: float | str | None = None, capture: bool = False,
-                  n_decks: int = 4) -> dict:
+                  n_decks: int = 4, ahead_blocks: int | None = None) -> dict:
     """Play a timed command list live for ``seconds`` and return the output's report.
 
     Every command is sent before the stream starts (their ``at`` times place
@@ -480,7 +615,7 @@ def play_commands(commands: list[dict], seconds: float, *, device: int | str | N
         Engine commands (see :mod:`engine.commands`), usually with ``at`` times.
     seconds : float
         How long to play, seconds.
-    device, block_frames, latency
+    device, block_frames, latency, ahead_blocks
         As for :class:`AudioOutput`.
     channels : int
         2 or 4.
@@ -504,7 +639,7 @@ def play_commands(commands: list[dict], seconds: float, *, device: int | str | N
             errors.append({"index": i, **reply})
     warm_s = warm_up(channels, block_frames)
     output = AudioOutput(engine, device=device, block_frames=block_frames, latency=latency,
-                         capture_seconds=seconds + 1.0 if capture else 0.0)
+                         capture_seconds=seconds + 1.0 if capture else 0.0, ahead_blocks=ahead_blocks)
     # A collection walks the whole heap with the GIL held (milliseconds with numba, scipy and librosa loaded);
     # everything that exists now lives for the whole run, so keep it out of the collector's sight meanwhile.
     gc.collect()
@@ -712,7 +847,17 @@ def _flood_messages(n_decks: int, seed: int = 0) -> list:
     return out
 
 
-def bench_live(quick: bool = False) -> dict:
+def _steal_s() -> float | None:
+    """CPU time the hypervisor gave to other guests so far, all cores, seconds (``steal`` in ``/proc/stat``)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def bench_live(quick: bool = False, ahead_blocks: int | None = None, seconds: float | None = None) -> dict:
     """Four synced keylocked decks at 128-frame blocks in an :class:`EngineProcess` under a command flood.
 
     Starts a private JACK dummy server with a 128-frame period (real-time
@@ -725,32 +870,56 @@ def bench_live(quick: bool = False) -> dict:
     malformed commands back to back, as fast as the replies come, while a
     second thread polls ``state()`` ten times a second like a display would.
 
+    Parameters
+    ----------
+    quick : bool
+        20 s of flood instead of 600 s.
+    seconds : float, optional
+        Length of the flood, seconds, instead of either (for paired runs).
+    ahead_blocks : int, optional
+        As for :class:`AudioOutput` (default :data:`DEFAULT_AHEAD_BLOCKS`; 0:
+        the engine renders inside a Python device callback).
+
     Returns
     -------
     dict
-        ``quiet`` and ``flood`` phase figures (xruns, callback cost ``cost_ms``
+        ``quiet`` and ``flood`` phase figures (``xruns``: ``device_xruns``
+        flagged by PortAudio plus ``ring_underruns``; block cost ``cost_ms``
         and ``cpu_ms`` median/p99/max, ``cost_fraction`` of the 2.9 ms block),
         ``flood_vs_quiet`` (flood p99 and median cost over the quiet phase's),
         ``commands`` (sent, ok and error replies, ``rate_per_s``,
-        ``applied``), ``jack_xruns_logged`` and the configuration.
+        ``applied``), ``jack_xruns_logged`` (late cycles of JACK's own dummy
+        driver: the machine, not a client), ``steal_s`` (CPU time the
+        hypervisor took from this virtual machine during the flood, seconds,
+        all cores), ``flood_by_minute`` (each whole minute of the flood
+        as a phase, with its ``steal_s``) and the configuration.
     """
     import threading
 
     from engine.process import EngineProcess
 
-    seconds = 20.0 if quick else 600.0
+    if seconds is None:
+        seconds = 20.0 if quick else 600.0
     quiet_s = 3.0 if quick else 5.0
     block = 128
     n_decks = 4
     flood = _flood_messages(n_decks)
     realtime = JackDummyServer.realtime_allowed()
+
+    def phase(r: dict, before: dict) -> dict:
+        underruns = r["xruns_by_flag"].get("ring_underrun", 0) - before["xruns_by_flag"].get("ring_underrun", 0)
+        return {"callbacks": r["callbacks"] - before["callbacks"], "xruns": r["xruns"] - before["xruns"],
+                "ring_underruns": underruns, "device_xruns": r["xruns"] - before["xruns"] - underruns,
+                "cost_ms": r["cost_ms"], "cpu_ms": r["cpu_ms"], "cost_fraction": r["cost_fraction"]}
+
     with JackDummyServer(period_frames=block, realtime=realtime) as server:
-        with EngineProcess(n_decks=n_decks, block_frames=block, host_api="JACK") as engine:
+        with EngineProcess(n_decks=n_decks, block_frames=block, host_api="JACK", ahead_blocks=ahead_blocks) as engine:
+            helper_priority = engine.helper_thread_priority
             setup_errors = [r for r in (engine.send(m) for m in _bench_setup(n_decks)) if not r["ok"]]
             time.sleep(0.5)   # the decks' first blocks (keylock start-up) are not part of either phase
             start = engine.report()
             time.sleep(quiet_s)
-            quiet = engine.report(since=start["callbacks"])
+            quiet = engine.report(since=start["blocks"])
             stop = threading.Event()
             polls = [0]
 
@@ -762,28 +931,34 @@ def bench_live(quick: bool = False) -> dict:
             poller = threading.Thread(target=poll_state, daemon=True)
             poller.start()
             sent = ok = 0
+            steal0 = _steal_s()
             t0 = time.monotonic()
             deadline = t0 + seconds
+            minutes: list[dict] = []
+            mark = (t0 + 60.0, engine.report(since=quiet["blocks"]), steal0)
             while time.monotonic() < deadline:
                 reply = engine.send(flood[sent % len(flood)])
                 sent += 1
                 ok += bool(reply.get("ok"))
+                if time.monotonic() >= mark[0]:
+                    now, steal = engine.report(since=mark[1]["blocks"]), _steal_s()
+                    minutes.append({**phase(now, mark[1]), "steal_s": None if steal is None or mark[2] is None
+                                    else round(steal - mark[2], 2)})
+                    mark = (mark[0] + 60.0, now, steal)
             flood_s = time.monotonic() - t0
+            steal1 = _steal_s()
             stop.set()
             poller.join()
             state = engine.state()
-            loud = engine.report(since=quiet["callbacks"])
+            loud = engine.report(since=quiet["blocks"])
         jack_xruns = server.xruns_logged()
-
-    def phase(r: dict, before: dict) -> dict:
-        return {"callbacks": r["callbacks"] - before["callbacks"], "xruns": r["xruns"] - before["xruns"],
-                "cost_ms": r["cost_ms"], "cpu_ms": r["cpu_ms"], "cost_fraction": r["cost_fraction"]}
 
     def ratio(a: float, b: float) -> float:
         return round(a / b, 3) if b > 0 else float("nan")
 
     return {"seconds": seconds, "quiet_seconds": quiet_s, "block_frames": block, "block_ms": round(block / 44.1, 3),
-            "n_decks": n_decks, "quick": quick, "jack_realtime": realtime, "tracks_bpm": [b for b, _ in BENCH_TRACKS],
+            "n_decks": n_decks, "quick": quick, "ahead_blocks": loud["ahead_blocks"], "jack_realtime": realtime,
+            "audio_thread_priority": loud["audio_thread_priority"], "helper_thread_priority": helper_priority, "tracks_bpm": [b for b, _ in BENCH_TRACKS],
             "setup_errors": setup_errors, "decks_playing": sum(d["playing"] for d in state["decks"]),
             "device": loud.get("device"), "host_api": loud.get("host_api"), "latency_s": loud.get("latency_s"),
             "xruns_total": loud["xruns"], "xruns_at_start": start["xruns"],
@@ -793,4 +968,6 @@ def bench_live(quick: bool = False) -> dict:
             "commands": {"sent": sent, "ok": ok, "errors": sent - ok, "rate_per_s": round(sent / flood_s, 1),
                          "applied": loud["commands_applied"], "state_polls": polls[0]},
             "block_frames_min": loud["block_frames_min"], "block_frames_max": loud["block_frames_max"],
-            "jack_xruns_logged": jack_xruns}
+            "jack_xruns_logged": jack_xruns,
+            "steal_s": None if steal0 is None or steal1 is None else round(steal1 - steal0, 2),
+            "flood_by_minute": minutes}

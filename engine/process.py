@@ -1,8 +1,10 @@
 """The engine in its own process, so that nothing else in the application can starve the audio.
 
-The audio callback is Python (:meth:`engine.core.Engine.process` calling
-``numba`` kernels), so it needs the GIL: in the same process as a busy UI, a
-garbage collection of a large heap or a slow request, it would wait for it.
+The engine's audio thread is Python (:meth:`engine.core.Engine.process`
+calling ``numba`` kernels), so it needs the GIL: in the same process as a busy
+UI, a garbage collection of a large heap or a slow request, it would wait for
+it. (With ``ahead_blocks``, the default, the device's own callback is
+GIL-free and the audio thread renders ahead of it: see :mod:`engine.ring`.)
 :class:`EngineProcess` starts a child process (``multiprocessing`` "spawn"
 context: a fresh interpreter, no inherited threads or locks) that builds the
 :class:`~engine.core.Engine`, warms up its kernels
@@ -23,6 +25,10 @@ In the child:
 - :meth:`Engine.collect_garbage <engine.core.Engine.collect_garbage>` runs
   after every request and at least every :data:`IDLE_POLL_S`, freeing tracks
   that loads replaced outside the audio thread;
+- the request thread (and the ZeroMQ server's) run real-time one priority
+  under the audio thread, where the system allows it
+  (:func:`engine.output.raise_helper_threads`): a thread that holds the GIL
+  the audio thread waits for is then never preempted by another process;
 - tracks are decoded in a further helper process
   (:class:`engine.loader.ProcessLoader`) and arrive in shared memory, so a
   load never holds this process' GIL for long.
@@ -70,7 +76,7 @@ def handle_request(engine, output, message: object) -> dict:
         :meth:`Engine.send <engine.core.Engine.send>`), ``{"request": "state"}``
         (reply ``{"ok": true, "state": engine.state()}``) or
         ``{"request": "report", "since": N}`` (reply ``{"ok": true, "report": output.report(N)}``;
-        ``since``, optional: cost statistics from callback ``N`` on), or
+        ``since``, optional: cost statistics from block ``N`` on, a previous report's ``blocks``), or
         ``{"request": "track", "deck": D}`` (reply ``{"ok": true, "deck": D, "track": {...}}``: the
         summary, ``beats_s``/``downbeats_s``/``phrases_s``/``cue_s`` and ``waveform`` (per stem, peak
         per ``1 / waveform_rate_hz`` seconds, 0-255), or ``null`` for an empty deck).
@@ -127,7 +133,7 @@ def _child_main(conn, config: dict) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     from engine.core import Engine
     from engine.loader import ProcessLoader
-    from engine.output import AudioOutput, find_device, warm_up
+    from engine.output import AudioOutput, find_device, raise_helper_threads, warm_up
 
     output = None
     server = None
@@ -140,7 +146,7 @@ def _child_main(conn, config: dict) -> None:
         warm_s = warm_up(config["channels"], config["block_frames"])
         record_s = 60.0 * config["record_minutes"] if config["record_path"] else 0.0
         output = AudioOutput(engine, device=device, block_frames=config["block_frames"], latency=config["latency"],
-                             capture_seconds=record_s)
+                             capture_seconds=record_s, ahead_blocks=config["ahead_blocks"])
         if config["endpoint"]:
             from controllers.server import ProtocolServer
 
@@ -150,6 +156,8 @@ def _child_main(conn, config: dict) -> None:
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
         output.start()
+        helpers = [threading.get_native_id()] + ([server.thread_id] if server is not None else [])
+        helper_priority = raise_helper_threads(output, helpers)
     except Exception as err:  # noqa: BLE001 -- reported to the parent, which raises
         if server is not None:
             server.close()
@@ -159,7 +167,8 @@ def _child_main(conn, config: dict) -> None:
         conn.close()
         return
     endpoints = {"endpoint": server.endpoint, "pub_endpoint": server.pub_endpoint} if server else {}
-    conn.send({"ok": True, "warm_up_s": round(warm_s, 3), "report": output.report(), **endpoints})
+    conn.send({"ok": True, "warm_up_s": round(warm_s, 3), "report": output.report(),
+               "helper_thread_priority": helper_priority, **endpoints})
     final = None
     try:
         while True:
@@ -218,6 +227,9 @@ class EngineProcess:
         the child starts.
     block_frames : int
         Frames per callback.
+    ahead_blocks : int, optional
+        Blocks the engine renders ahead of a GIL-free device callback (0: it renders inside a Python
+        callback; default :data:`engine.output.DEFAULT_AHEAD_BLOCKS`); see :class:`engine.output.AudioOutput`.
     latency : float or str, optional
         Suggested output latency, seconds, or "low"/"high".
     host_api : str, optional
@@ -253,8 +265,9 @@ class EngineProcess:
     def __init__(self, n_decks: int = 4, channels: int = 2, device: int | str | None = None, block_frames: int = 256,
                  latency: float | str | None = None, host_api: str | None = None, start_timeout_s: float = 120.0,
                  endpoint: str | None = None, pub_endpoint: str | None = None, curve_dir: str | None = None,
-                 record_path: str | None = None, record_minutes: float = 120.0):
+                 record_path: str | None = None, record_minutes: float = 120.0, ahead_blocks: int | None = None):
         config = {"n_decks": n_decks, "channels": channels, "device": device, "block_frames": block_frames,
+                  "ahead_blocks": ahead_blocks,
                   "latency": latency, "host_api": host_api, "endpoint": endpoint, "pub_endpoint": pub_endpoint,
                   "curve_dir": None if curve_dir is None else str(curve_dir),
                   "record_path": None if record_path is None else str(record_path),
@@ -286,6 +299,7 @@ class EngineProcess:
             raise EngineProcessError(why)
         self.warm_up_s = ready["warm_up_s"]
         self.start_report = ready["report"]
+        self.helper_thread_priority: int | None = ready["helper_thread_priority"]
         self.endpoint: str | None = ready.get("endpoint")       # where the ZeroMQ protocol is served, if asked
         self.pub_endpoint: str | None = ready.get("pub_endpoint")
 
@@ -322,7 +336,7 @@ class EngineProcess:
 
     def report(self, since: int = 0) -> dict:
         """The output's :meth:`~engine.output.AudioOutput.report` (after :meth:`close`: the final one);
-        ``since``: cost statistics from that callback index on."""
+        ``since``: cost statistics from that block index on (a previous report's ``blocks``)."""
         if self._closed and self.final_report is not None:
             return self.final_report
         reply = self._request({"request": "report", "since": since})

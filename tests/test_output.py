@@ -55,15 +55,18 @@ def jack():
         server.remove_log()
 
 
-@pytest.fixture(scope="module")
-def live(jack):
+@pytest.fixture(scope="module", params=[0, 2], ids=["python-callback", "ring-2-ahead"])
+def live(jack, request):
+    """The script played live: rendered inside PortAudio's (Python) callback, or two blocks ahead of the
+    GIL-free device callback (engine.ring)."""
     from engine.output import find_device, play_commands
 
     device = find_device(host_api="JACK")
     # This machine's cores are shared: a thread can be held off the CPU for milliseconds by things outside
     # the test (seen as single xruns whose callback was cheap). Two reruns; then check_xruns judges the last.
     for attempt in range(3):
-        report = play_commands(SCRIPT, PLAY_S, device=device, block_frames=BLOCK, capture=True, n_decks=2)
+        report = play_commands(SCRIPT, PLAY_S, device=device, block_frames=BLOCK, capture=True, n_decks=2,
+                               ahead_blocks=request.param)
         report["attempt"] = attempt
         if report["xruns"] == 0:
             break
@@ -107,9 +110,12 @@ def test_live_plays_without_xruns(live, jack):
     assert live["host_api"].startswith("JACK")
     assert live["command_errors"] == []
     assert live["errors"] == 0, live["first_error"]
-    # JACK's output latency is whole periods: at least one 256-frame block.
-    assert live["latency_s"] >= BLOCK / SR - 1e-9
-    assert live["frames"] == live["callbacks"] * BLOCK
+    # JACK's output latency is whole periods: at least one 256-frame block, plus the blocks rendered ahead.
+    assert live["device_latency_s"] >= BLOCK / SR - 1e-9
+    assert live["latency_s"] == pytest.approx(live["device_latency_s"] + live["ahead_blocks"] * BLOCK / SR)
+    assert live["frames"] == live["blocks"] * BLOCK
+    # Every block rendered was played but those still ahead in the ring when the stream stopped.
+    assert 0 <= live["blocks"] - live["callbacks"] <= live["ahead_blocks"]
     assert live["frames"] >= SR     # it really ran (the exact count depends on the clock)
     # The audio thread asked for real-time scheduling, and has it wherever a thread may (root here and in CI).
     assert live["realtime_priority"] is _thread_may_be_realtime()
@@ -122,7 +128,7 @@ def test_live_plays_without_xruns(live, jack):
     assert np.sqrt(np.mean(early ** 2)) > 0.01
     assert np.sqrt(np.mean(late ** 2)) > 0.01
     assert np.abs(audio).max() <= 1.0
-    check_xruns(live, jack, BLOCK, offline_s=offline_cpu_s(SCRIPT, live["callbacks"]))
+    check_xruns(live, jack, BLOCK, offline_s=offline_cpu_s(SCRIPT, live["blocks"]))
 
 
 def test_live_equals_offline(live):
@@ -138,6 +144,54 @@ def test_live_equals_offline(live):
     offline = engine.render(len(audio), BLOCK)
     assert audio.dtype == offline.dtype == np.float32
     assert np.array_equal(audio, offline)
+
+
+def _play_holding_the_gil(jack, ahead_blocks: int, hold_s: float, holds: int) -> tuple[dict, np.ndarray]:
+    """Play SCRIPT for 3 s while this thread holds the GIL ``holds`` times for ``hold_s`` (pure Python, no switch)."""
+    import sys
+
+    from engine.core import Engine
+    from engine.output import AudioOutput, find_device, warm_up
+
+    warm_up(2, BLOCK)
+    engine = Engine(n_decks=2)
+    for message in SCRIPT:
+        assert engine.send(message)["ok"]
+    output = AudioOutput(engine, device=find_device(host_api="JACK"), block_frames=BLOCK, capture_seconds=4.0,
+                         ahead_blocks=ahead_blocks)
+    interval = sys.getswitchinterval()
+    with output:
+        time.sleep(0.8)
+        sys.setswitchinterval(1.0)          # the waiting threads may not take the GIL before the hold ends
+        try:
+            for _ in range(holds):
+                end = time.perf_counter() + hold_s
+                while time.perf_counter() < end:
+                    pass
+                time.sleep(0.3)
+        finally:
+            sys.setswitchinterval(interval)
+        time.sleep(0.5)
+    return output.report(), output.captured()
+
+
+def test_the_ring_plays_on_while_the_gil_is_held(jack):
+    from engine.core import Engine
+
+    hold_s = 0.025                          # 4.3 periods of 256 frames
+    # Rendering inside PortAudio's callback needs the GIL: every hold is a gap the listener hears.
+    direct, _ = _play_holding_the_gil(jack, 0, hold_s, holds=3)
+    assert direct["xruns"] >= 3, direct
+    # Eight blocks (46 ms) ahead of the GIL-free callback: the device never waits, the ring covers the holds.
+    driver_before = jack.xruns_logged()["driver"]
+    report, audio = _play_holding_the_gil(jack, 8, hold_s, holds=3)
+    assert report["ring"]["min_fill_frames"] < 6 * BLOCK       # the holds really drew the ring down
+    engine = Engine(n_decks=2)
+    for message in SCRIPT:
+        assert engine.send(message)["ok"]
+    assert np.array_equal(audio, engine.render(len(audio), BLOCK))
+    assert report["errors"] == 0 and report["xruns_by_flag"]["ring_underrun"] == 0, report
+    check_xruns(report, jack, BLOCK, since_driver_xruns=driver_before)
 
 
 def test_engine_process_serves_commands_while_playing(jack):

@@ -146,7 +146,7 @@ def test_a_set_driven_by_a_controller_the_tui_and_zeromq_at_once(tmp_path):
             stop.set()
             for t in threads:
                 t.join(timeout=5)
-            steady_report = auto.request({"request": "report", "since": events["steady"]["callbacks"]})["report"]
+            steady_report = auto.request({"request": "report", "since": events["steady"]["blocks"]})["report"]
             bridge.close()
             bridge.client.close()
             final_state = auto.request({"request": "state"})["state"]
