@@ -246,8 +246,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         options["stretcher"] = args.stretcher
     if args.ahead_blocks is not None:
-        if args.what != "live":
-            print("error: --ahead-blocks is for ate bench live", file=sys.stderr)
+        if args.what not in ("live", "control"):
+            print("error: --ahead-blocks is for ate bench live and control", file=sys.stderr)
             return EXIT_USAGE
         options["ahead_blocks"] = args.ahead_blocks
     result = run_benchmark(args.what, quick=args.quick, **options)
@@ -388,7 +388,7 @@ def _ahead_arg(text: str) -> int:
 def _add_ahead_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ahead-blocks", type=_ahead_arg, default=None, metavar="N",
                    help="blocks the engine renders ahead of a GIL-free device callback: it survives being held "
-                        "off that long, and the latency grows as much (default: engine.output.DEFAULT_AHEAD_BLOCKS;"
+                        "off that long, and the latency grows as much (default 2, engine.output.DEFAULT_AHEAD_BLOCKS;"
                         " 0: render inside a Python callback, the lowest latency)")
 
 
@@ -701,8 +701,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stretcher", choices=("rubberband",), default=None,
                    help="automix: also render the planner's route with Rubber Band R3 stretching the decks")
     p.add_argument("--ahead-blocks", type=_ahead_arg, default=None, metavar="N",
-                   help="live: blocks rendered ahead of the device callback (default: the engine's; 0: render "
-                        "inside a Python callback)")
+                   help="live, control: blocks rendered ahead of the device callback (default: the engine's; "
+                        "0: render inside a Python callback)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("engine", help="run the engine in its own process, served over ZeroMQ (docs/protocol.md)")

@@ -71,8 +71,9 @@ def _echo_server(endpoint_holder: list, stop: threading.Event) -> None:
     sock.close()
 
 
-def bench_control(quick: bool = False) -> dict:
-    """Measure the control path; returns a JSON-ready dict (see the module docstring)."""
+def bench_control(quick: bool = False, ahead_blocks: int | None = None) -> dict:
+    """Measure the control path; returns a JSON-ready dict (see the module docstring). ``ahead_blocks`` as for
+    :class:`engine.output.AudioOutput` (default: its default)."""
     from controllers.server import ProtocolServer
     from engine.core import Engine
     from engine.output import AudioOutput, JackDummyServer, find_device, warm_up
@@ -90,7 +91,7 @@ def bench_control(quick: bool = False) -> dict:
         engine.send({"cmd": "set", "deck": 0, "param": "volume", "value": 0.0})
         engine.send({"cmd": "play", "deck": 0})
         warm_up(block_frames=block)
-        output = AudioOutput(engine, device=find_device(host_api="JACK"), block_frames=block)
+        output = AudioOutput(engine, device=find_device(host_api="JACK"), block_frames=block, ahead_blocks=ahead_blocks)
         output.start()
         server = ProtocolServer(engine, output, "tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
         try:

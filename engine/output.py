@@ -52,8 +52,8 @@ import numpy as np
 
 from engine.core import Engine, block_peak
 
-__all__ = ["AudioOutput", "raise_helper_threads", "warm_up", "find_device", "rescan_devices", "play_commands", "JackDummyServer",
-           "bench_live", "XRUN_FLAGS", "COST_HISTORY"]
+__all__ = ["AudioOutput", "raise_helper_threads", "warm_up", "find_device", "rescan_devices", "play_commands",
+           "JackDummyServer", "bench_live", "XRUN_FLAGS", "COST_HISTORY", "DEFAULT_AHEAD_BLOCKS"]
 
 XRUN_FLAGS = ("output_underflow", "output_overflow", "input_underflow", "input_overflow")
 """PortAudio status flags that mean lost or late audio (``priming_output`` is counted but is not an xrun)."""
@@ -158,7 +158,8 @@ class AudioOutput:
         ``rtprio`` limit, not root): then it plays on at the priority it has.
         :meth:`report` says which (``realtime_priority``).
     ahead_blocks : int, optional
-        Default :data:`DEFAULT_AHEAD_BLOCKS` (0 when ``block_frames`` is 0). 0: the engine renders inside PortAudio's callback (a Python callback:
+        Default :data:`DEFAULT_AHEAD_BLOCKS` (0 when ``block_frames`` is 0).
+        0: the engine renders inside PortAudio's callback (a Python callback:
         it needs the GIL). 1 or more: PortAudio calls the GIL-free
         :data:`engine.ring.device_callback`, and a render thread (the audio
         thread then) keeps a :class:`engine.ring.FrameRing` filled this many
@@ -958,7 +959,8 @@ def bench_live(quick: bool = False, ahead_blocks: int | None = None, seconds: fl
 
     return {"seconds": seconds, "quiet_seconds": quiet_s, "block_frames": block, "block_ms": round(block / 44.1, 3),
             "n_decks": n_decks, "quick": quick, "ahead_blocks": loud["ahead_blocks"], "jack_realtime": realtime,
-            "audio_thread_priority": loud["audio_thread_priority"], "helper_thread_priority": helper_priority, "tracks_bpm": [b for b, _ in BENCH_TRACKS],
+            "audio_thread_priority": loud["audio_thread_priority"], "helper_thread_priority": helper_priority,
+            "tracks_bpm": [b for b, _ in BENCH_TRACKS],
             "setup_errors": setup_errors, "decks_playing": sum(d["playing"] for d in state["decks"]),
             "device": loud.get("device"), "host_api": loud.get("host_api"), "latency_s": loud.get("latency_s"),
             "xruns_total": loud["xruns"], "xruns_at_start": start["xruns"],

@@ -299,7 +299,8 @@ class FrameRing:
                 "xrun_callbacks_at": [int(i) for i in ctl[XRUN_AT:XRUN_AT + min(xruns, 64)]],
                 "flags": {name: int(ctl[FLAG_COUNTS + bit]) for bit, name in enumerate(CALLBACK_FLAGS)},
                 "frames_played": int(ctl[FRAMES_PLAYED]), "min_fill_frames": int(ctl[MIN_FILL]),
-                "frames_per_callback_min": int(ctl[FRAMES_MIN]), "frames_per_callback_max": int(ctl[FRAMES_MAX]), "irregular_callbacks": int(ctl[IRREGULAR]),
+                "frames_per_callback_min": int(ctl[FRAMES_MIN]), "frames_per_callback_max": int(ctl[FRAMES_MAX]),
+                "irregular_callbacks": int(ctl[IRREGULAR]),
                 "callback_us_max": round(float(ctl[CALLBACK_NS_MAX]) / 1e3, 2),
                 "callback_us_mean": round(float(ctl[CALLBACK_NS_TOTAL]) / 1e3 / max(int(ctl[CALLBACKS]), 1), 3)}
 
