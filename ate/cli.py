@@ -366,11 +366,15 @@ def _recorded_note(report: dict) -> str:
 
 def _add_engine_process_args(p: argparse.ArgumentParser) -> None:
     """What ``ate engine`` and ``ate live`` share: the decks, the sound card, the recording, surfaces."""
+    from engine.process import LIVE_BLOCK_FRAMES
+
     p.add_argument("--decks", type=int, default=4, help="number of decks (4)")
     p.add_argument("--channels", type=int, choices=(2, 4), default=2, help="2, or 4 for a headphone cue on 3-4")
     p.add_argument("--device", default=None, help="output device: index or part of its name (default: PortAudio's)")
     p.add_argument("--host-api", default=None, help="host API to pick the device from, e.g. JACK or ALSA")
-    p.add_argument("--block-frames", type=int, default=256, metavar="N", help="frames per callback (256)")
+    p.add_argument("--block-frames", type=int, default=LIVE_BLOCK_FRAMES, metavar="N",
+                   help=f"frames per engine block and device callback ({LIVE_BLOCK_FRAMES}: with the 2 blocks "
+                        "ahead, 8.7 ms of output latency on JACK at 44.1 kHz)")
     p.add_argument("--latency", default=None, type=_latency_arg,
                    help="suggested output latency: seconds, or low/high (PortAudio's choice)")
     _add_ahead_arg(p)

@@ -48,7 +48,7 @@ import sys
 import threading
 
 __all__ = ["EngineProcess", "EngineProcessError", "handle_request", "SWITCH_INTERVAL_S", "IDLE_POLL_S",
-           "GC_THRESHOLDS"]
+           "GC_THRESHOLDS", "LIVE_BLOCK_FRAMES"]
 
 SWITCH_INTERVAL_S = 0.0005
 """GIL switch interval in the engine process, seconds (CPython's default is 0.005)."""
@@ -56,6 +56,10 @@ IDLE_POLL_S = 0.1
 """Longest wait for a request before the child collects the engine's garbage anyway, seconds."""
 GC_THRESHOLDS = (100_000, 50, 100)
 """``gc.set_threshold`` in the engine process (CPython's default is (700, 10, 10))."""
+LIVE_BLOCK_FRAMES = 128
+"""Frames per block of the engine process unless told otherwise (``ate engine``, ``ate live``): with the two
+blocks rendered ahead of the device (:data:`engine.output.DEFAULT_AHEAD_BLOCKS`), 8.7 ms of output latency on
+JACK at 44.1 kHz, and the render thread may be held off 5.8 ms (a keylock restart costs 2.2-2.5 ms)."""
 
 
 class EngineProcessError(RuntimeError):
@@ -226,7 +230,7 @@ class EngineProcess:
         index refers to the child's PortAudio enumeration, which is made when
         the child starts.
     block_frames : int
-        Frames per callback.
+        Frames per engine block and device callback (default :data:`LIVE_BLOCK_FRAMES`).
     ahead_blocks : int, optional
         Blocks the engine renders ahead of a GIL-free device callback (0: it renders inside a Python
         callback; default :data:`engine.output.DEFAULT_AHEAD_BLOCKS`); see :class:`engine.output.AudioOutput`.
@@ -262,7 +266,8 @@ class EngineProcess:
     The child inherits ``os.environ`` (e.g. ``JACK_DEFAULT_SERVER``).
     """
 
-    def __init__(self, n_decks: int = 4, channels: int = 2, device: int | str | None = None, block_frames: int = 256,
+    def __init__(self, n_decks: int = 4, channels: int = 2, device: int | str | None = None,
+                 block_frames: int = LIVE_BLOCK_FRAMES,
                  latency: float | str | None = None, host_api: str | None = None, start_timeout_s: float = 120.0,
                  endpoint: str | None = None, pub_endpoint: str | None = None, curve_dir: str | None = None,
                  record_path: str | None = None, record_minutes: float = 120.0, ahead_blocks: int | None = None):
