@@ -392,7 +392,7 @@ def _ahead_arg(text: str) -> int:
 def _add_ahead_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ahead-blocks", type=_ahead_arg, default=None, metavar="N",
                    help="blocks the engine renders ahead of a GIL-free device callback: it survives being held "
-                        "off that long, and the latency grows as much (default 2, engine.output.DEFAULT_AHEAD_BLOCKS;"
+                        "off that long, and the latency grows as much (2 on Linux: engine.output.DEFAULT_AHEAD_BLOCKS;"
                         " 0: render inside a Python callback, the lowest latency)")
 
 

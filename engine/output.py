@@ -61,8 +61,9 @@ _STATUS_FLAGS = XRUN_FLAGS + ("priming_output",)
 COST_HISTORY = 1 << 18
 """Callbacks whose cost is kept (a ring): 12.7 minutes at 128 frames, 44.1 kHz."""
 
-DEFAULT_AHEAD_BLOCKS = 2
-"""Blocks rendered ahead of the device callback unless told otherwise (see :class:`AudioOutput`)."""
+DEFAULT_AHEAD_BLOCKS = 2 if sys.platform.startswith("linux") else 0
+"""Blocks rendered ahead of the device callback unless told otherwise (see :class:`AudioOutput`); 0 off Linux,
+where the ring's semaphore (glibc's ``sem_t``) is not known to work."""
 
 XRUN_WINDOW_CALLBACKS = 2
 """Callbacks before a flagged one that may have been the late one (PortAudio flags the next callback, or the
@@ -233,7 +234,11 @@ class AudioOutput:
         if self.ahead_blocks:
             from engine.ring import FrameRing
 
-            self._ring = FrameRing((self.ahead_blocks + 1) * self.block_frames, self.channels, self.block_frames)
+            try:
+                self._ring = FrameRing((self.ahead_blocks + 1) * self.block_frames, self.channels, self.block_frames)
+            except OSError as err:
+                raise ValueError(f"output: rendering ahead of the device needs POSIX semaphores ({err}); "
+                                 "play with ahead_blocks=0 (--ahead-blocks 0)") from err
             self._ring_block = np.zeros((self.block_frames, self.channels), np.float32)
         self._stream = None
         self._info: dict = {}
