@@ -389,9 +389,9 @@ def _ahead_arg(text: str) -> int:
     return value
 
 
-def _add_ahead_arg(p: argparse.ArgumentParser) -> None:
+def _add_ahead_arg(p: argparse.ArgumentParser, which: str = "") -> None:
     p.add_argument("--ahead-blocks", type=_ahead_arg, default=None, metavar="N",
-                   help="blocks the engine renders ahead of a GIL-free device callback: it survives being held "
+                   help=which + "blocks the engine renders ahead of a GIL-free device callback: it survives being held "
                         "off that long, and the latency grows as much (2 on Linux: engine.output.DEFAULT_AHEAD_BLOCKS;"
                         " 0: render inside a Python callback, the lowest latency)")
 
@@ -704,9 +704,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smaller set, for a fast check")
     p.add_argument("--stretcher", choices=("rubberband",), default=None,
                    help="automix: also render the planner's route with Rubber Band R3 stretching the decks")
-    p.add_argument("--ahead-blocks", type=_ahead_arg, default=None, metavar="N",
-                   help="live, control: blocks rendered ahead of the device callback (default: the engine's; "
-                        "0: render inside a Python callback)")
+    _add_ahead_arg(p, "live, control: ")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("engine", help="run the engine in its own process, served over ZeroMQ (docs/protocol.md)")

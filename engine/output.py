@@ -44,6 +44,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from time import perf_counter, thread_time
 
@@ -235,7 +236,8 @@ class AudioOutput:
             from engine.ring import FrameRing
 
             try:
-                self._ring = FrameRing((self.ahead_blocks + 1) * self.block_frames, self.channels, self.block_frames)
+                # Exactly the blocks ahead: the render thread tops the ring up to full after every callback.
+                self._ring = FrameRing(self.ahead_blocks * self.block_frames, self.channels, self.block_frames)
             except OSError as err:
                 raise ValueError(f"output: rendering ahead of the device needs POSIX semaphores ({err}); "
                                  "play with ahead_blocks=0 (--ahead-blocks 0)") from err
@@ -289,10 +291,9 @@ class AudioOutput:
         self.callbacks += 1
 
     def _fill_ring(self) -> None:
-        """Render blocks into the ring until it holds ``ahead_blocks`` of them."""
+        """Render blocks into the ring until it is full (``ahead_blocks`` of them)."""
         ring, block = self._ring, self._ring_block
-        target = self.ahead_blocks * self.block_frames
-        while ring.fill_frames() + self.block_frames <= target:
+        while ring.fill_frames() + self.block_frames <= ring.capacity_frames:
             self._render(block)
             ring.write(block)
 
@@ -322,8 +323,6 @@ class AudioOutput:
                                      blocksize=self.block_frames, device=self.device, latency=self.latency,
                                      callback=self._callback)
         else:
-            import threading
-
             from engine.ring import device_callback
 
             self._fill_ring()
@@ -900,8 +899,6 @@ def bench_live(quick: bool = False, ahead_blocks: int | None = None, seconds: fl
         all cores), ``flood_by_minute`` (each whole minute of the flood
         as a phase, with its ``steal_s``) and the configuration.
     """
-    import threading
-
     from engine.process import EngineProcess
 
     if seconds is None:

@@ -57,9 +57,9 @@ MIN_FILL = 12        # lowest fill found at a callback, frames (before it read)
 FRAMES_MIN = 13      # smallest and largest frames per callback
 FRAMES_MAX = 14
 FLAG_COUNTS = 15     # 5 words: PortAudio status flags, in CALLBACK_FLAGS order
-UNDERRUN_AT = 20     # callback index of the first UNDERRUN_AT_SLOTS underruns / flagged callbacks
+UNDERRUN_AT = 20     # callback indices of the first UNDERRUN_AT_SLOTS underruns
 UNDERRUN_AT_SLOTS = 64
-XRUN_AT = UNDERRUN_AT + UNDERRUN_AT_SLOTS
+XRUN_AT = UNDERRUN_AT + UNDERRUN_AT_SLOTS      # ... and of the first as many callbacks with an xrun flag
 XRUN_CALLBACKS = XRUN_AT + UNDERRUN_AT_SLOTS   # callbacks with an xrun flag
 BLOCK_FRAMES = XRUN_CALLBACKS + 1   # frames per callback asked for (0: any)
 IRREGULAR = BLOCK_FRAMES + 1        # callbacks that asked for other than BLOCK_FRAMES
@@ -103,17 +103,6 @@ def _as_pointer(typingctx, address):
 
 
 @intrinsic
-def _address(typingctx, pointer):
-    """``(int64) pointer``."""
-    sig = types.int64(types.voidptr)
-
-    def codegen(context, builder, signature, args):
-        return builder.ptrtoint(args[0], context.get_value_type(types.int64))
-
-    return sig, codegen
-
-
-@intrinsic
 def _fence(typingctx):
     """A sequentially consistent memory fence (orders the ring's data against its counters)."""
     sig = types.void()
@@ -148,23 +137,31 @@ _CALLBACK_SIG = types.int32(types.voidptr, types.CPointer(types.float32), types.
 
 
 @numba.njit(inline="always")
-def _now_ns(ctl, user_data):
+def _word_pointer(ctl, word):
+    """``&ctl[word]``, for the C functions that write a struct there."""
+    return _as_pointer(ctl.ctypes.data + 8 * word)
+
+
+@numba.njit(inline="always")
+def _now_ns(ctl):
     """CLOCK_MONOTONIC in ns (through the vDSO: no system call, no lock)."""
-    _clock_gettime(_CLOCK_MONOTONIC, _as_pointer(_address(user_data) + 8 * CLOCK_SCRATCH))
+    _clock_gettime(_CLOCK_MONOTONIC, _word_pointer(ctl, CLOCK_SCRATCH))
     return ctl[CLOCK_SCRATCH] * 1_000_000_000 + ctl[CLOCK_SCRATCH + 1]
 
 
 @numba.cfunc(_CALLBACK_SIG, nopython=True, cache=True)
-def _device_callback(input_buffer, output, frame_count, time_info, status_flags, user_data):
+def device_callback(input_buffer, output, frame_count, time_info, status_flags, user_data):
+    """The PortAudio ``PaStreamCallback`` (at ``device_callback.address``); its ``userData`` is
+    :attr:`FrameRing.address`."""
     ctl = carray(user_data, (CTL_WORDS,), np.int64)
-    start_ns = _now_ns(ctl, user_data)
+    start_ns = _now_ns(ctl)
     n = np.int64(frame_count)
     channels = ctl[CHANNELS]
     capacity = ctl[CAPACITY]
     index = ctl[CALLBACKS]
     if index == 0:
         # pid 0: the calling thread. The render thread places itself under it (see FrameRing.device_priority).
-        _sched_getparam(0, _as_pointer(_address(user_data) + 8 * DEVICE_PRIORITY))
+        _sched_getparam(0, _word_pointer(ctl, DEVICE_PRIORITY))
         ctl[DEVICE_POLICY] = _sched_getscheduler(0)
     if status_flags & _XRUN_BITS:
         xruns = ctl[XRUN_CALLBACKS]
@@ -210,15 +207,11 @@ def _device_callback(input_buffer, output, frame_count, time_info, status_flags,
         ctl[UNDERRUNS] = underruns + 1
     ctl[CALLBACKS] = index + 1
     _sem_post(user_data)
-    took_ns = _now_ns(ctl, user_data) - start_ns
+    took_ns = _now_ns(ctl) - start_ns
     ctl[CALLBACK_NS_TOTAL] += took_ns
     if took_ns > ctl[CALLBACK_NS_MAX]:
         ctl[CALLBACK_NS_MAX] = took_ns
     return 0
-
-
-device_callback = _device_callback
-"""The PortAudio ``PaStreamCallback`` (``device_callback.address``); its ``userData`` is :attr:`FrameRing.address`."""
 
 
 class FrameRing:
