@@ -429,9 +429,9 @@ def _true_peak_fir(half: int, over: int, beta: float = 7.0) -> np.ndarray:
 
 
 @numba.njit(**_JIT)
-def limiter_block(block, n_frames, hist, lin, req, avg, fir, f, i, ceiling, ceiling32, release, latency, attack):
+def limiter_block(block, n_frames, lin, req, avg, fir, f, i, ceiling, ceiling32, release, latency, attack):
     """Lookahead true-peak limiter on ``block[:n_frames]`` in place (see :class:`Limiter`)."""
-    size = hist.shape[0]
+    size = lin.shape[1] // 2
     mask = size - 1
     half = fir.shape[1] // 2
     n_phase = fir.shape[0]
@@ -450,22 +450,20 @@ def limiter_block(block, n_frames, hist, lin, req, avg, fir, f, i, ceiling, ceil
     bound = f[_LF_BOUND]
     loudest = 0.0
     for k in range(t - 2 * half + 1, t):
-        loudest = max(loudest, abs(hist[k & mask, 0]), abs(hist[k & mask, 1]))
+        loudest = max(loudest, abs(lin[0, k & mask]), abs(lin[1, k & mask]))
     for n in range(n_frames):
         loudest = max(loudest, abs(block[n, 0]), abs(block[n, 1]))
     quiet = loudest * bound <= ceiling
     for n in range(n_frames):
         slot = t & mask
-        hist[slot, 0] = block[n, 0]
-        hist[slot, 1] = block[n, 1]
-        # The same history per channel, twice over: the interpolator's 32 frames are contiguous there.
+        # The history per channel, twice over: the interpolator's 32 frames are contiguous there.
         lin[0, slot] = block[n, 0]
         lin[0, slot + size] = block[n, 0]
         lin[1, slot] = block[n, 1]
         lin[1, slot + size] = block[n, 1]
         # Peak of frame t - half: the sample and the oversampled values on both sides of it.
         centre = (t - half) & mask
-        peak = max(abs(hist[centre, 0]), abs(hist[centre, 1]))
+        peak = max(abs(lin[0, centre]), abs(lin[1, centre]))
         ipeak = 0.0
         first = t - 2 * half + 1
         if not quiet or n == n_frames - 1:
@@ -530,7 +528,7 @@ def limiter_block(block, n_frames, hist, lin, req, avg, fir, f, i, ceiling, ceil
         # The audio, delayed by the whole look-ahead.
         out = (t - latency) & mask
         for c in range(2):
-            y = np.float32(hist[out, c] * gain) if gain != 1.0 else hist[out, c]
+            y = np.float32(lin[c, out] * gain) if gain != 1.0 else lin[c, out]
             if y > ceiling32:
                 y = ceiling32
             elif y < -ceiling32:
@@ -590,8 +588,7 @@ class Limiter:
         self.ceiling = ceiling * (1.0 - 1e-6)
         self.release = _smoothing_coef(release_s, sample_rate)
         size = 1 << int(max(self.latency_frames, 2 * _TP_HALF) + 1).bit_length()
-        self.hist = np.zeros((size, 2), dtype=np.float32)
-        self.lin = np.zeros((2, 2 * size), dtype=np.float32)
+        self.lin = np.zeros((2, 2 * size), dtype=np.float32)   # the delay line, per channel, twice over
         self.fir = _true_peak_fir(_TP_HALF, _TP_OVER)
         self.req = np.ones(self.attack_frames + 1)
         self.avg = np.ones(self.attack_frames + 1)
@@ -602,7 +599,6 @@ class Limiter:
 
     def reset(self) -> None:
         """Forget the past: silence in the delay line, gain 1."""
-        self.hist[:] = 0.0
         self.lin[:] = 0.0
         self.req[:] = 1.0
         self.avg[:] = 1.0
@@ -627,7 +623,7 @@ class Limiter:
 
     @property
     def state(self) -> tuple:
-        return (self.hist, self.lin, self.req, self.avg, self.fir, self.f, self.i, self.ceiling, self.ceiling32, self.release,
+        return (self.lin, self.req, self.avg, self.fir, self.f, self.i, self.ceiling, self.ceiling32, self.release,
                 self.latency_frames, self.attack_frames)
 
     def process(self, block: np.ndarray) -> None:
