@@ -95,7 +95,6 @@ def post_block(block, n_frames, trim_start, trim_end, eq, filt, filter_knob):
                  lp_min_hz, hp_max_hz)
 
 
-
 @numba.njit(**_JIT)
 def render_block(handle, stems, stem_buf, n_frames, ratio, keylock, key_shift, gains_start, gains_end, scale,
                  block, trim_start, trim_end, eq, filt, filter_knob):
