@@ -250,6 +250,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print("error: --ahead-blocks is for ate bench live and control", file=sys.stderr)
             return EXIT_USAGE
         options["ahead_blocks"] = args.ahead_blocks
+    if args.baseline is not None:
+        if args.what != "engine":
+            print("error: --baseline is for ate bench engine", file=sys.stderr)
+            return EXIT_USAGE
+        options["baseline"] = args.baseline
     result = run_benchmark(args.what, quick=args.quick, **options)
     if args.json:
         print(json.dumps(result))
@@ -705,6 +710,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stretcher", choices=("rubberband",), default=None,
                    help="automix: also render the planner's route with Rubber Band R3 stretching the decks")
     _add_ahead_arg(p, "live, control: ")
+    p.add_argument("--baseline", default=None, metavar="DIR",
+                   help="engine: instead, run this checkout's engine and DIR's (another checkout) in turns "
+                        "and report their cost ratio")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("engine", help="run the engine in its own process, served over ZeroMQ (docs/protocol.md)")

@@ -38,6 +38,13 @@ audio callback would, and reports:
 
 Costs are CPU time because the machine is shared; the ratios between ATE and
 Rubber Band, measured in the same run, are the figures to compare.
+
+:func:`compare_checkouts` (``ate bench engine --baseline DIR``) measures a
+change instead: this checkout's engine and another checkout's run the same
+job in two processes that take turns, 0.15 s of audio each, so that both see
+the same minutes of a noisy machine; the median of the per-turn cost ratios is
+the figure (an A/A run of one checkout against itself gives 1.00 ± 0.02 here,
+where consecutive whole runs differ by up to 40 %).
 """
 
 from __future__ import annotations
@@ -45,13 +52,17 @@ from __future__ import annotations
 import collections
 import gc
 import math
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from prep.audio import SAMPLE_RATE
 
-__all__ = ["bench_engine", "build_engine", "time_engine", "engine_breakdown", "event_costs", "deck_memory",
+__all__ = ["bench_engine", "compare_checkouts", "build_engine", "time_engine", "engine_breakdown", "event_costs", "deck_memory",
            "rubberband_costs", "make_tracks", "TEMPOS_BPM", "BLOCK_SIZES", "TARGET_REALTIME_FACTOR", "TARGET_DECK_MEMORY_BYTES"]
 
 TEMPOS_BPM = (124.0, 120.0, 126.0, 128.0)
@@ -511,7 +522,7 @@ def _ratio_row(ate: dict, rb: dict) -> dict:
 # --------------------------------------------------------------------------- entry point
 
 
-def bench_engine(quick: bool = False) -> dict:
+def bench_engine(quick: bool = False, baseline: str | None = None) -> dict:
     """Time the whole engine (4 decks x 4 stems, synced, keylock, EQ, filter, limiter) against Rubber Band.
 
     Parameters
@@ -519,6 +530,9 @@ def bench_engine(quick: bool = False) -> dict:
     quick : bool
         8-bar tracks, 3 s of audio per ATE configuration and 0.75 s per Rubber Band one (under a
         minute); the full run uses 6-minute tracks, 20 s and 8 s.
+    baseline : str, optional
+        Another ATE checkout: instead of the run below, :func:`compare_checkouts` against it at each
+        block size (60 turns each with ``quick``, 128 frames only; else 150).
 
     Returns
     -------
@@ -530,6 +544,11 @@ def bench_engine(quick: bool = False) -> dict:
         ATE / R3 per block size), ``meets_target``, ``notes``.
     """
     t_start = time.perf_counter()
+    if baseline is not None:
+        blocks = (128,) if quick else BLOCK_SIZES
+        return {"compare": {str(b): compare_checkouts(baseline, b, 60 if quick else 150) for b in blocks},
+                "target": {"block_frames": 128, "realtime_factor_at_least": TARGET_REALTIME_FACTOR},
+                "bench_s": round(time.perf_counter() - t_start, 1)}
     ate_s = 3.0 if quick else 20.0
     rb_s = 0.75 if quick else 8.0
     tracks, loads = make_tracks(quick)
@@ -604,6 +623,106 @@ def bench_engine(quick: bool = False) -> dict:
                   "Ratios are ATE cost / Rubber Band cost: below 1 means ATE is cheaper."],
         "bench_s": round(time.perf_counter() - t_start, 1),
     }
+
+
+# The worker of compare_checkouts, run in each checkout with ``python -c``: only make_tracks and
+# build_engine are needed from it, so that any older checkout can be the baseline.
+_LOCKSTEP_WORKER = """
+import gc, sys, time
+import numpy as np
+from engine.bench_engine import build_engine, make_tracks
+block = int(sys.argv[1])
+tracks = make_tracks(True)[0]
+out = np.zeros((block, 2), np.float32)
+n = max(1, int(float(sys.argv[2]) * 44100 / block))
+
+
+def fresh():
+    # The quick tracks last about 16 s: a new engine every 5 s of audio keeps all four decks playing.
+    engine = build_engine(tracks)
+    for _ in range(int(0.5 * 44100 / block)):
+        engine.process(out)
+    return engine
+
+
+engine = fresh()
+played = 0
+print("ready", flush=True)
+gc.disable()
+for line in sys.stdin:
+    if line.strip() != "go":
+        break
+    if played + n > 5 * 44100 // block:
+        gc.enable()
+        engine = fresh()
+        gc.disable()
+        played = 0
+    t0 = time.process_time()
+    for _ in range(n):
+        engine.process(out)
+    cost = (time.process_time() - t0) / (n * block / 44100)
+    played += n
+    print(repr(cost) if all(d.playing for d in engine.decks) else "nan", flush=True)
+"""
+
+
+def compare_checkouts(baseline: str | os.PathLike, block_frames: int = 128, turns: int = 100,
+                      turn_s: float = 0.15) -> dict:
+    """The engine job of :func:`build_engine` in this checkout and in ``baseline``, run in turns.
+
+    Two worker processes (the same Python; ``PYTHONPATH`` set to each checkout's root) each build the
+    four-deck engine on the quick tracks, then render ``turn_s`` seconds of audio when told to, one
+    after the other, ``turns`` times each (the order alternates). Each turn's cost is CPU seconds per
+    audio second.
+
+    Returns
+    -------
+    dict
+        ``this`` and ``baseline`` (checkout roots; realtime factor from the median turn and from the best
+        turn), ``cost_ratio`` (this / baseline: median and mean of the per-turn ratios, and the share of
+        pairs in which this checkout was cheaper).
+    """
+    here = Path(__file__).resolve().parents[1]
+    base = Path(baseline).resolve()
+    if not (base / "engine" / "bench_engine.py").is_file():
+        raise ValueError(f"{base}: not an ATE checkout (no engine/bench_engine.py)")
+    workers = {}
+    try:
+        for name, root in (("this", here), ("baseline", base)):
+            env = dict(os.environ, PYTHONPATH=str(root))
+            workers[name] = subprocess.Popen(
+                [sys.executable, "-c", _LOCKSTEP_WORKER, str(block_frames), str(turn_s)], cwd=root, env=env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        for name, proc in workers.items():
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"engine/bench_engine.py: the {name} checkout's worker did not start")
+        costs: dict = {"this": [], "baseline": []}
+        for turn in range(turns):
+            for name in (("this", "baseline") if turn % 2 == 0 else ("baseline", "this")):
+                proc = workers[name]
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+                costs[name].append(float(proc.stdout.readline()))
+    finally:
+        for proc in workers.values():
+            if proc.poll() is None:
+                proc.stdin.close()
+                proc.wait(timeout=30)
+    this, other = np.array(costs["this"]), np.array(costs["baseline"])
+    if np.isnan(this).any() or np.isnan(other).any():
+        raise RuntimeError("engine/bench_engine.py: a deck stopped during a timed turn")
+    ratio = this / other
+
+    def factors(c: np.ndarray) -> dict:
+        return {"realtime_factor_median_turn": round(float(1.0 / np.median(c)), 2),
+                "realtime_factor_best_turn": round(float(1.0 / c.min()), 2)}
+
+    return {"block_frames": block_frames, "turns": turns, "turn_audio_s": turn_s,
+            "this": {"checkout": str(here), **factors(this)},
+            "baseline": {"checkout": str(base), **factors(other)},
+            "cost_ratio": {"median": round(float(np.median(ratio)), 4), "mean": round(float(ratio.mean()), 4),
+                           "this_cheaper_share": round(float(np.mean(ratio < 1.0)), 3)},
+            "clock": "process CPU time per audio second, per turn; the two processes take turns"}
 
 
 def _engine_spreads() -> bool:

@@ -70,6 +70,28 @@ def mix_stems(stem_buf, n_frames, gains_start, gains_end, scale, out, out_offset
     """``out[out_offset + i] = scale * sum_s g_s(i) * stem_buf[s, i]``, each stem gain ramping linearly
     from ``gains_start[s]`` to ``gains_end[s]`` (reached on the last frame); non-finite samples become 0."""
     n_stems = stem_buf.shape[0]
+    if n_stems == 4 and out.shape[1] == 2:
+        # The engine's case written out, the same sums in the same order: without the loop over stems and
+        # its zero-gain test the loop over frames vectorises (2.6 -> 1.7 us a block). A stretched int16
+        # stem is finite, so a gain of 0 adds exactly 0 here too.
+        a0, a1, a2, a3 = gains_start[0], gains_start[1], gains_start[2], gains_start[3]
+        d0, d1, d2, d3 = gains_end[0] - a0, gains_end[1] - a1, gains_end[2] - a2, gains_end[3] - a3
+        x0, x1, x2, x3 = stem_buf[0], stem_buf[1], stem_buf[2], stem_buf[3]
+        for i in range(n_frames):
+            t = (i + 1) / n_frames
+            g0 = a0 + d0 * t
+            g1 = a1 + d1 * t
+            g2 = a2 + d2 * t
+            g3 = a3 + d3 * t
+            for c in range(2):
+                acc = 0.0
+                acc += g0 * x0[i, c]
+                acc += g1 * x1[i, c]
+                acc += g2 * x2[i, c]
+                acc += g3 * x3[i, c]
+                v = acc * scale
+                out[out_offset + i, c] = v if math.isfinite(v) else 0.0
+        return
     for i in range(n_frames):
         t = (i + 1) / n_frames
         for c in range(out.shape[1]):
@@ -134,7 +156,8 @@ class Deck:
             kind, kernel = RubberBandStretcher, rubberband_render_block
         else:
             kind, kernel = Stretcher, render_block
-        self._stretchers = {4: kind(4, 2, sample_rate, max_block_frames), 1: kind(1, 2, sample_rate, max_block_frames)}
+        # No per-frame positions: a deck needs only the position after each block.
+        self._stretchers = {n: kind(n, 2, sample_rate, max_block_frames, record_positions=False) for n in (4, 1)}
         self._stem_bufs = {4: np.zeros((4, max_block_frames, 2), np.float32),
                            1: np.zeros((1, max_block_frames, 2), np.float32)}
         self.block = np.zeros((max_block_frames, 2), np.float32)

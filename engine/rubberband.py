@@ -60,12 +60,15 @@ class RubberBandStretcher:
         Sample rate, Hz.
     max_block_frames : int
         Largest ``n_frames`` of :func:`render_block`.
+    record_positions : bool
+        Accepted for :class:`engine.stretch.Stretcher`'s signature: no per-frame positions are kept.
     """
 
     hop_frames = 512
     """What the engine's vocoder scheduling reads; unused here (:attr:`lead_frames` is -1)."""
 
-    def __init__(self, n_stems: int, channels: int, sample_rate: int, max_block_frames: int):
+    def __init__(self, n_stems: int, channels: int, sample_rate: int, max_block_frames: int,
+                 record_positions: bool = False):
         from pylibrb import Option, RubberBandStretcher as _RB
 
         self.n_stems, self.channels, self.sample_rate = n_stems, channels, sample_rate

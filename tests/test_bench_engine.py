@@ -127,3 +127,21 @@ def test_event_costs_are_reported(result):
     for name in ("playing", "loop_roll_quarter_beat", "block_after_seek"):
         c = events[name]
         assert 0.0 < c["median_ms"] <= c["p99_ms"] <= c["max_ms"]
+
+
+def test_checkouts_compared_in_turns(tmp_path):
+    # This checkout against itself: the same engine in two processes taking turns costs about the same.
+    from pathlib import Path
+
+    from engine.bench_engine import compare_checkouts
+
+    here = Path(__file__).resolve().parents[1]
+    r = compare_checkouts(here, block_frames=256, turns=6, turn_s=0.1)
+    json.dumps(r)
+    assert r["this"]["checkout"] == r["baseline"]["checkout"] == str(here)
+    for side in ("this", "baseline"):
+        assert 0.0 < r[side]["realtime_factor_median_turn"] <= r[side]["realtime_factor_best_turn"]
+    assert 0.33 < r["cost_ratio"]["median"] < 3.0
+    assert 0.0 <= r["cost_ratio"]["this_cheaper_share"] <= 1.0
+    with pytest.raises(ValueError, match="not an ATE checkout"):
+        compare_checkouts(tmp_path)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from engine.bench_stretch import attack_ratio_db, cents, drum_onsets, locate_onset, peak_frequency_hz, stretch_ate
-from engine.stretch import Stretcher, irfft, rfft
+from engine.stretch import Stretcher, _atan2, irfft, rfft
 from prep.audio import SAMPLE_RATE as SR
 from prep.synth import STEMS, TrackSpec, generate
 
@@ -194,6 +196,33 @@ def test_keylock_at_ratio_one_is_transparent(deck):
     out, pos = stretch_ate(deck, 1.0, n_out=4 * SR, block_frames=333)
     np.testing.assert_allclose(out, deck[:, :4 * SR], atol=2e-6)
     np.testing.assert_array_equal(pos, np.arange(4 * SR))
+
+
+def test_branch_free_atan2_matches_libm():
+    rng = np.random.default_rng(3)
+    y = rng.standard_normal(4000) * np.exp(rng.uniform(-30, 30, 4000))
+    x = rng.standard_normal(4000) * np.exp(rng.uniform(-30, 30, 4000))
+    edges = [(0.0, 1.0), (0.0, -1.0), (1.0, 0.0), (-1.0, 0.0), (0.0, 0.0), (1.0, 1.0), (-2.0, 2.0), (3.0, -3.0),
+             (0.66, 1.0), (1.0, 0.66), (1e-300, 1.0), (1.0, 1e-300)]
+    for yy, xx in edges + list(zip(y, x)):
+        assert abs(_atan2(yy, xx) - math.atan2(yy, xx)) <= 5e-16, (yy, xx)
+
+
+def test_positions_can_be_left_out(track):
+    # A deck's stretcher keeps no per-frame positions; its output and returned positions are unchanged.
+    stems = np.stack([np.round(track.stems[k] * 32767) for k in STEMS]).astype(np.int16)
+    a, b = Stretcher(), Stretcher(record_positions=False)
+    assert b.positions.shape == (0,)
+    out_a = np.zeros((4, 256, 2), np.float32)
+    out_b = np.zeros((4, 256, 2), np.float32)
+    for st in (a, b):
+        st.reset(2 * SR, crossfade=False)
+    for i in range(600):
+        ratio, semitones = 1.0 + 0.15 * math.sin(i / 50), (2.0 if 200 <= i < 300 else 0.0)
+        pa = a.process(stems, out_a, 256, ratio, i < 500, semitones)
+        pb = b.process(stems, out_b, 256, ratio, i < 500, semitones)
+        assert pa == pb
+        np.testing.assert_array_equal(out_a, out_b)
 
 
 def test_block_size_does_not_change_the_output(deck):
