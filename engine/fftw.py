@@ -1,6 +1,6 @@
 """FFTW for the realtime kernels: batched real FFTs executed from inside ``numba`` code.
 
-The keylock vocoder's cost is almost all FFTs (18 transforms of 2048 points
+The keylock vocoder's largest cost is its FFTs (16 transforms of 2048 points
 per hop for a four-stem deck). numba has no FFT; the stretcher's own radix-2^2
 kernel is about 3x slower than FFTW on these sizes, so when Debian's
 ``libfftw3-double3`` is present the stretcher hands its transforms to FFTW.
