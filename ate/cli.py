@@ -255,7 +255,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print("error: --baseline is for ate bench engine", file=sys.stderr)
             return EXIT_USAGE
         options["baseline"] = args.baseline
-    result = run_benchmark(args.what, quick=args.quick, **options)
+    try:
+        result = run_benchmark(args.what, quick=args.quick, **options)
+    except ValueError as err:
+        if args.baseline is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)     # a --baseline that is not an ATE checkout
+        return EXIT_USAGE
     if args.json:
         print(json.dumps(result))
     else:

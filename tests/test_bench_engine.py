@@ -145,3 +145,12 @@ def test_checkouts_compared_in_turns(tmp_path):
     assert 0.0 <= r["cost_ratio"]["this_cheaper_share"] <= 1.0
     with pytest.raises(ValueError, match="not an ATE checkout"):
         compare_checkouts(tmp_path)
+
+
+def test_a_baseline_that_is_not_a_checkout_is_one_line(tmp_path, capsys):
+    from ate.cli import main
+
+    assert main(["bench", "engine", "--quick", "--baseline", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(tmp_path) in err and "not an ATE checkout" in err
+    assert main(["bench", "stretch", "--baseline", str(tmp_path)]) == 2
