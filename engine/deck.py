@@ -71,9 +71,8 @@ def mix_stems(stem_buf, n_frames, gains_start, gains_end, scale, out, out_offset
     from ``gains_start[s]`` to ``gains_end[s]`` (reached on the last frame); non-finite samples become 0."""
     n_stems = stem_buf.shape[0]
     if n_stems == 4 and out.shape[1] == 2:
-        # The engine's case written out, the same sums in the same order: without the loop over stems and
-        # its zero-gain test the loop over frames vectorises (2.6 -> 1.7 us a block). A stretched int16
-        # stem is finite, so a gain of 0 adds exactly 0 here too.
+        # The engine's case written out, the same sums in the same order as below: without the loop over
+        # stems the loop over frames vectorises (2.6 -> 1.7 us a block).
         a0, a1, a2, a3 = gains_start[0], gains_start[1], gains_start[2], gains_start[3]
         d0, d1, d2, d3 = gains_end[0] - a0, gains_end[1] - a1, gains_end[2] - a2, gains_end[3] - a3
         x0, x1, x2, x3 = stem_buf[0], stem_buf[1], stem_buf[2], stem_buf[3]
@@ -97,13 +96,9 @@ def mix_stems(stem_buf, n_frames, gains_start, gains_end, scale, out, out_offset
         for c in range(out.shape[1]):
             acc = 0.0
             for s in range(n_stems):
-                g = gains_start[s] + (gains_end[s] - gains_start[s]) * t
-                if g != 0.0:
-                    acc += g * stem_buf[s, i, c]
+                acc += (gains_start[s] + (gains_end[s] - gains_start[s]) * t) * stem_buf[s, i, c]
             v = acc * scale
-            if not math.isfinite(v):
-                v = 0.0
-            out[out_offset + i, c] = v
+            out[out_offset + i, c] = v if math.isfinite(v) else 0.0
 
 
 @numba.njit(**_JIT)

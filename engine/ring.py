@@ -85,6 +85,9 @@ _clock_gettime = types.ExternalFunction("clock_gettime", types.int32(types.int32
 _sem_wait = _libc.sem_wait
 _sem_wait.argtypes = [ctypes.c_void_p]
 _sem_wait.restype = ctypes.c_int
+_sem_post_from_python = _libc.sem_post
+_sem_post_from_python.argtypes = [ctypes.c_void_p]
+_sem_post_from_python.restype = ctypes.c_int
 _sem_init = _libc.sem_init
 _sem_init.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint]
 _sem_destroy = _libc.sem_destroy
@@ -270,7 +273,7 @@ class FrameRing:
 
     def wake(self) -> None:
         """Wake a thread in :meth:`wait` (as a read does)."""
-        _libc.sem_post(ctypes.c_void_p(self.address))
+        _sem_post_from_python(self.address)
 
     def device_priority(self) -> int | None:
         """The ``SCHED_FIFO``/``SCHED_RR`` priority of the thread that calls the device callback, once it has
@@ -288,9 +291,9 @@ class FrameRing:
         underruns = int(ctl[UNDERRUNS])
         xruns = int(ctl[XRUN_CALLBACKS])
         return {"callbacks": int(ctl[CALLBACKS]), "underruns": underruns,
-                "underrun_callbacks_at": [int(i) for i in ctl[UNDERRUN_AT:UNDERRUN_AT + min(underruns, 64)]],
+                "underrun_callbacks_at": [int(i) for i in ctl[UNDERRUN_AT:UNDERRUN_AT + min(underruns, UNDERRUN_AT_SLOTS)]],
                 "xrun_callbacks": xruns,
-                "xrun_callbacks_at": [int(i) for i in ctl[XRUN_AT:XRUN_AT + min(xruns, 64)]],
+                "xrun_callbacks_at": [int(i) for i in ctl[XRUN_AT:XRUN_AT + min(xruns, UNDERRUN_AT_SLOTS)]],
                 "flags": {name: int(ctl[FLAG_COUNTS + bit]) for bit, name in enumerate(CALLBACK_FLAGS)},
                 "frames_played": int(ctl[FRAMES_PLAYED]), "min_fill_frames": int(ctl[MIN_FILL]),
                 "frames_per_callback_min": int(ctl[FRAMES_MIN]), "frames_per_callback_max": int(ctl[FRAMES_MAX]),

@@ -54,8 +54,9 @@ the position map says they are.
 
 **FFT.** numba has no ``np.fft``: the kernels use an iterative radix-2 real
 FFT (a complex FFT of half the size plus the split step, precomputed
-twiddles), batched over the stem sums and all stems and channels of a frame so
-that the butterflies vectorise. :func:`rfft` / :func:`irfft` expose it for tests.
+twiddles), batched over the rows of a frame (the stem sums, every stem but the
+last, whose spectrum is derived: see :func:`_pv_frame`) so that the butterflies
+vectorise. :func:`rfft` / :func:`irfft` expose it for tests.
 
 **Resampler.** A 32-tap Kaiser-windowed sinc (beta 8, cutoff 0.92 of Nyquist,
 table of 512 phases with linear interpolation), widened by ``|q|`` when
@@ -524,7 +525,7 @@ def _window(source, smask, slen, start, win, rows):
     """
     n = win.shape[0]
     i_lo, i_hi = _in_source(start, n, slen)
-    for row in range(rows.shape[0]):
+    for row in range(rows.shape[0] - source.shape[2]):     # the last stem's rows are not analysed
         for i in range(0, i_lo):
             rows[row, i] = 0.0
         for i in range(i_hi, n):
