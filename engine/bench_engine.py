@@ -272,7 +272,8 @@ def engine_breakdown(tracks: list, block_frames: int = 128, audio_s: float = 3.0
 
     acc: dict = collections.defaultdict(int)
     # Module-level kernels the Python layer calls (patched while timing, restored after).
-    patches = [(core, "add_faded", "mixer"), (core, "block_peak", "mixer"), (core, "gain_ramp_block", "mixer")]
+    patches = [(core, "mix_decks", "mixer"), (core, "add_faded", "mixer"), (core, "gain_ramp_block", "mixer"),
+               (core, "limit_into", "limiter")]
     originals = [getattr(m, name) for m, name, _ in patches]
     for (m, name, key), fn in zip(patches, originals):
         setattr(m, name, _timed(fn, acc, key))
@@ -282,7 +283,6 @@ def engine_breakdown(tracks: list, block_frames: int = 128, audio_s: float = 3.0
             st.prefetch = _timed(st.prefetch, acc, "stretch_ahead")
     engine._follow = _timed(engine._follow, acc, "sync")
     engine._spread_hops = _timed(engine._spread_hops, acc, "hop_schedule_total")
-    engine.limiter.process = _timed(engine.limiter.process, acc, "limiter")
     total_ns = 0
     clock = time.perf_counter_ns
     gc.collect()

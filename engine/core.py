@@ -58,7 +58,7 @@ import numpy as np
 from engine.commands import (FX_SLOTS, GLOBAL_PARAMS, PITCH_RANGES, Command, CommandError, fx_param_slot, parse_at,
                              parse_command)
 from engine.deck import FADE_FRAMES, STEM_INDEX, Deck
-from engine.dsp import Limiter, crossfader_gains, db_to_gain, gain_ramp_block
+from engine.dsp import Limiter, crossfader_gains, db_to_gain, gain_ramp_block, limiter_block
 from engine.grid import beat_at_many
 from engine.track import DeckTrack, TrackLoadError, load_track
 from engine.transitions import (DEFAULT_TRANSITION, TransitionError, compile_transition, load_library,
@@ -101,6 +101,49 @@ def block_peak(block, n_frames):
         for c in range(block.shape[1]):
             if abs(block[i, c]) > peak:
                 peak = abs(block[i, c])
+    return peak
+
+
+@numba.njit(**_JIT)
+def mix_decks(blocks, n_frames, fader_from, fader_to, pfl, mix, cue, meters, taps, tap_offset, master_from, master_to):
+    """The mixer's block, in one kernel call: the decks' blocks into the master bus ``mix`` and the cue bus ``cue``.
+
+    ``blocks`` is float32 ``(n_decks, frames, 2)``; deck ``d`` is added post-fader with a gain ramping from
+    ``fader_from[d]`` to ``fader_to[d]`` (then ``fader_from`` takes the new gains), and at unity into
+    ``cue`` when ``pfl[d]``. ``meters[d]`` gets the peak deck ``d`` added to the master; with ``taps``
+    (``(n_decks, frames, 2)``, or empty) what it added is also kept in ``taps[d, tap_offset:]``. Then the
+    master gain ramps from ``master_from`` to ``master_to`` over ``mix``.
+    """
+    for i in range(n_frames):
+        for c in range(mix.shape[1]):
+            mix[i, c] = 0.0
+            cue[i, c] = 0.0
+    for d in range(blocks.shape[0]):
+        block = blocks[d]
+        meters[d] = add_faded(mix, block, n_frames, fader_from[d], fader_to[d])
+        if taps.shape[0] > 0:
+            tap = taps[d, tap_offset:tap_offset + n_frames]
+            tap[:] = 0.0
+            add_faded(tap, block, n_frames, fader_from[d], fader_to[d])
+        if pfl[d]:
+            add_faded(cue, block, n_frames, 1.0, 1.0)
+        fader_from[d] = fader_to[d]
+    gain_ramp_block(mix, n_frames, master_from, master_to)
+
+
+@numba.njit(**_JIT)
+def limit_into(bus, n_frames, limiter, out, out_offset, out_column):
+    """Limit ``bus[:n_frames]`` in place (``limiter`` is :attr:`Limiter.state`), copy it into
+    ``out[out_offset:, out_column:out_column + 2]``; returns its peak."""
+    lin, req, avg, fir, scratch, f, i, ceiling, ceiling32, release, latency, attack = limiter
+    limiter_block(bus, n_frames, lin, req, avg, fir, scratch, f, i, ceiling, ceiling32, release, latency, attack)
+    peak = 0.0
+    for n in range(n_frames):
+        for c in range(2):
+            v = bus[n, c]
+            out[out_offset + n, out_column + c] = v
+            if abs(v) > peak:
+                peak = abs(v)
     return peak
 
 
@@ -164,10 +207,14 @@ class Engine:
         self.sample_rate = int(sample_rate)
         self.channels = int(channels)
         self.max_block_frames = int(max_block_frames)
-        self.decks = [Deck(i, sample_rate, max_block_frames, stretcher) for i in range(self.n_decks)]
+        # The decks' pre-fader blocks side by side, so the mixer takes them in one kernel call.
+        self._blocks = np.zeros((self.n_decks, max_block_frames, 2), np.float32)
+        self.decks = [Deck(i, sample_rate, max_block_frames, stretcher, block=self._blocks[i])
+                      for i in range(self.n_decks)]
         self._fx_sent = [[""] * FX_SLOTS for _ in range(self.n_decks)]   # the effect last sent to each slot
         self.limiter = Limiter(sample_rate)
         self.cue_limiter = Limiter(sample_rate)
+        self._limiter_states = (self.limiter.state, self.cue_limiter.state)   # built once: no tuple per block
         self.params = {name: spec[2] for name, spec in GLOBAL_PARAMS.items()}
         self.crossfader_curve = "power"
         self.quantize = True
@@ -180,7 +227,10 @@ class Engine:
         self._cue = np.zeros((max_block_frames, 2), np.float32)
         self._out = np.zeros((max_block_frames, self.channels), np.float32)
         self.taps = np.zeros((self.n_decks, max_block_frames, 2), np.float32) if deck_taps else None
+        self._taps = self.taps if deck_taps else np.zeros((0, 0, 2), np.float32)   # what the mixer kernel gets
         self._fader_applied = np.zeros(self.n_decks)
+        self._fader_next = np.zeros(self.n_decks)
+        self._pfl = np.zeros(self.n_decks, np.bool_)     # the decks' pfl switches, for the mixer kernel
         self._leads = [[-1.0, deck] for deck in self.decks]   # [vocoder lead, deck], reused every block
         self._master_applied = 1.0
         self._hp_applied = (0.0, 1.0)
@@ -546,40 +596,28 @@ class Engine:
                 ratio = self._follow(deck, k)
             deck.render(k, ratio)
         mix = self._mix
-        cue = self._cue
-        mix[:k] = 0.0
-        cue[:k] = 0.0
         xf_left, xf_right = crossfader_gains(self.params["crossfader"], self.crossfader_curve)
+        fader_next = self._fader_next
         for deck in decks:
-            side = 1.0 if deck.side == "thru" else (xf_left if deck.side == "A" else xf_right)
-            gain = deck.params["volume"] * side
-            i = deck.index
-            self.meters[i] = add_faded(mix, deck.block, k, self._fader_applied[i], gain)
-            if self.taps is not None:
-                tap = self.taps[i, offset:offset + k]
-                tap[:] = 0.0
-                add_faded(tap, deck.block, k, self._fader_applied[i], gain)
-            self._fader_applied[i] = gain
-            if deck.pfl:
-                add_faded(cue, deck.block, k, 1.0, 1.0)
+            side = deck.side
+            fader_next[deck.index] = deck.params["volume"] * (1.0 if side == "thru" else
+                                                              xf_left if side == "A" else xf_right)
         master = db_to_gain(self.params["master_gain_db"])
-        gain_ramp_block(mix, k, self._master_applied, master)
+        mix_decks(self._blocks, k, self._fader_applied, fader_next, self._pfl, mix, self._cue, self.meters,
+                  self._taps, offset, self._master_applied, master)
         self._master_applied = master
         out = self._out
         if self.channels == 4:
             # Headphones: cue bus blended with the master (before the master limiter), own limiter.
+            cue = self._cue
             blend = self.params["cue_mix"]
             hp = db_to_gain(self.params["headphone_gain_db"])
             (b0, h0) = self._hp_applied
             gain_ramp_block(cue, k, (1.0 - b0) * h0, (1.0 - blend) * hp)
             add_faded(cue, mix, k, b0 * h0, blend * hp)
             self._hp_applied = (blend, hp)
-            self.cue_limiter.process(cue[:k])
-            out[offset:offset + k, 2:4] = cue[:k]
-            self.meters[self.n_decks + 1] = block_peak(cue, k)
-        self.limiter.process(mix[:k])
-        out[offset:offset + k, 0:2] = mix[:k]
-        self.meters[self.n_decks] = block_peak(mix, k)
+            self.meters[self.n_decks + 1] = limit_into(cue, k, self._limiter_states[1], out, offset, 2)
+        self.meters[self.n_decks] = limit_into(mix, k, self._limiter_states[0], out, offset, 0)
         self.master_beat += k * self.beats_per_frame
         self.clock_frames += k
         self.render_seq += 1
@@ -855,6 +893,7 @@ class Engine:
 
     def _cmd_pfl(self, cmd: Command, deck: Deck) -> None:
         deck.pfl = cmd.args["on"]
+        self._pfl[deck.index] = deck.pfl
 
     def _cmd_xfader_side(self, cmd: Command, deck: Deck) -> None:
         deck.side = cmd.args["side"]

@@ -138,10 +138,14 @@ class Deck:
     stretcher : str
         ``"engine"`` (the realtime keylock, :mod:`engine.stretch`) or ``"rubberband"`` (Rubber Band R3,
         :mod:`engine.rubberband`: offline renders only).
+    block : np.ndarray, optional
+        float32 ``(max_block_frames, 2)``, C-contiguous: where :meth:`render` writes the deck's block
+        (the engine gives a row of one array, so that its mixer takes every deck in one call); default:
+        the deck's own.
     """
 
     def __init__(self, index: int, sample_rate: int = 44100, max_block_frames: int = 1024,
-                 stretcher: str = "engine"):
+                 stretcher: str = "engine", block: np.ndarray | None = None):
         self.index = index
         self.sample_rate = sample_rate
         self.max_block_frames = max_block_frames
@@ -155,7 +159,7 @@ class Deck:
         self._stretchers = {n: kind(n, 2, sample_rate, max_block_frames, record_positions=False) for n in (4, 1)}
         self._stem_bufs = {4: np.zeros((4, max_block_frames, 2), np.float32),
                            1: np.zeros((1, max_block_frames, 2), np.float32)}
-        self.block = np.zeros((max_block_frames, 2), np.float32)
+        self.block = np.zeros((max_block_frames, 2), np.float32) if block is None else block
         self.eq = DjEq(sample_rate)
         self.filter = DjFilter(sample_rate)
         self._eq_state = self.eq.state            # built once: no tuple per block

@@ -95,6 +95,7 @@ _FILTER_DEAD = 0.05    # knob range around 0 over which the filter crossfades in
 _BUTTERWORTH_DAMPING = math.sqrt(2.0)  # 1 / Q of the idle filter (no resonance)
 _TP_HALF = 16          # half the taps per phase of the true-peak interpolator (its look-ahead, frames)
 _TP_OVER = 4           # true-peak oversampling factor
+_LIM_CHUNK = 256       # frames the limiter interpolates in one pass
 
 
 @numba.njit(**_JIT)
@@ -429,12 +430,13 @@ def _true_peak_fir(half: int, over: int, beta: float = 7.0) -> np.ndarray:
 
 
 @numba.njit(**_JIT)
-def limiter_block(block, n_frames, lin, req, avg, fir, f, i, ceiling, ceiling32, release, latency, attack):
+def limiter_block(block, n_frames, lin, req, avg, fir, scratch, f, i, ceiling, ceiling32, release, latency, attack):
     """Lookahead true-peak limiter on ``block[:n_frames]`` in place (see :class:`Limiter`)."""
     size = lin.shape[1] // 2
     mask = size - 1
     half = fir.shape[1] // 2
     n_phase = fir.shape[0]
+    chunk = scratch.shape[1]
     width = attack + 1
     t = i[_LI_T]
     r = f[_LF_RELEASED]
@@ -454,87 +456,113 @@ def limiter_block(block, n_frames, lin, req, avg, fir, f, i, ceiling, ceiling32,
     for n in range(n_frames):
         loudest = max(loudest, abs(block[n, 0]), abs(block[n, 1]))
     quiet = loudest * bound <= ceiling
-    for n in range(n_frames):
-        slot = t & mask
-        # The history per channel, twice over: the interpolator's 32 frames are contiguous there.
-        lin[0, slot] = block[n, 0]
-        lin[0, slot + size] = block[n, 0]
-        lin[1, slot] = block[n, 1]
-        lin[1, slot + size] = block[n, 1]
-        # Peak of frame t - half: the sample and the oversampled values on both sides of it.
-        centre = (t - half) & mask
-        peak = max(abs(lin[0, centre]), abs(lin[1, centre]))
-        ipeak = 0.0
-        first = t - 2 * half + 1
-        if not quiet or n == n_frames - 1:
-            base = first & mask
-            for c in range(2):
-                h = lin[c]
-                if n_phase == 3:
-                    # The 4x interpolator's three phases in one pass over the taps (each sum in the
-                    # same order as the general loop below, so the same values).
-                    v0 = 0.0
-                    v1 = 0.0
-                    v2 = 0.0
-                    for m in range(2 * half):
-                        x = h[base + m]
-                        v0 += fir[0, m] * x
-                        v1 += fir[1, m] * x
-                        v2 += fir[2, m] * x
-                    ipeak = max(ipeak, abs(v0), abs(v1), abs(v2))
-                    continue
-                for j in range(n_phase):
-                    v = 0.0
-                    for m in range(2 * half):
-                        v += fir[j, m] * h[base + m]
-                    ipeak = max(ipeak, abs(v))
-        peak = max(peak, ipeak, ipeak_prev)
-        ipeak_prev = ipeak
-        g_req = 1.0
-        if peak > ceiling:
-            g_req = ceiling / peak
-        # Sliding minimum over the last attack + 1 requirements. Every requirement is <= 1, so the
-        # minimum only needs a new scan when the value leaving the window was it and was below 1.
-        leaving = req[min_pos]
-        req[min_pos] = g_req
-        min_pos += 1
-        if min_pos == width:
-            min_pos = 0
-        if leaving > m_min or m_min >= 1.0:
-            m_min = min(m_min, g_req)
-        else:
-            m_min = req[0]
-            for k in range(1, width):
-                m_min = min(m_min, req[k])
-        # Instant attack, one-pole release; never above its input, so the guarantee survives.
-        if m_min <= r:
-            r = m_min
-        else:
-            r += (m_min - r) * release
-            if m_min - r < _SNAP:
-                r = m_min
-        # Box average over attack + 1 frames: a linear attack ramp that reaches g_req in time.
-        acc += r - avg[avg_pos]
-        avg[avg_pos] = r
-        avg_pos += 1
-        if avg_pos == width:
-            avg_pos = 0
-            acc = 0.0  # recomputed exactly once per lap, so rounding cannot drift (a run of 1.0 sums exactly)
-            for k in range(width):
-                acc += avg[k]
-        gain = acc / width
-        if gain > 1.0:
-            gain = 1.0
-        # The audio, delayed by the whole look-ahead.
-        out = (t - latency) & mask
+    ipeaks = scratch[n_phase]
+    done = 0
+    while done < n_frames:
+        n_chunk = min(n_frames - done, chunk)
+        # The chunk into the delay line, per channel and twice over, so that every interpolation of the
+        # chunk reads consecutive slots (size >= chunk + look-ahead: nothing still read is overwritten).
+        for n in range(n_chunk):
+            slot = (t + n) & mask
+            lin[0, slot] = block[done + n, 0]
+            lin[0, slot + size] = block[done + n, 0]
+            lin[1, slot] = block[done + n, 1]
+            lin[1, slot + size] = block[done + n, 1]
+        # Interpolated peaks of the chunk's frames, before the gain loop: they depend on the input alone.
+        # The loop over frames is innermost so that it vectorises; each value is still summed over the
+        # taps in order.
+        lo = 0
+        if quiet:
+            lo = n_chunk - 1 if done + n_chunk == n_frames else n_chunk
+        for n in range(n_chunk):
+            ipeaks[n] = 0.0
+        base = (t - 2 * half + 1) & mask
+        count = n_chunk - lo
+        peaks = ipeaks[lo:n_chunk]
         for c in range(2):
-            y = np.float32(lin[c, out] * gain) if gain != 1.0 else lin[c, out]
-            if y > ceiling32:
-                y = ceiling32
-            elif y < -ceiling32:
-                y = -ceiling32
-            block[n, c] = y
-        t += 1
+            if n_phase == 3:
+                # The 4x interpolator's three phases in one pass over the taps.
+                v0 = scratch[0, :count]
+                v1 = scratch[1, :count]
+                v2 = scratch[2, :count]
+                v0[:] = 0.0
+                v1[:] = 0.0
+                v2[:] = 0.0
+                for m in range(2 * half):
+                    tap0 = fir[0, m]
+                    tap1 = fir[1, m]
+                    tap2 = fir[2, m]
+                    x = lin[c, base + lo + m:base + lo + m + count]
+                    for n in range(count):
+                        v0[n] += tap0 * x[n]
+                        v1[n] += tap1 * x[n]
+                        v2[n] += tap2 * x[n]
+                for n in range(count):
+                    peaks[n] = max(peaks[n], abs(v0[n]), abs(v1[n]), abs(v2[n]))
+                continue
+            for j in range(n_phase):
+                v = scratch[j, :count]
+                v[:] = 0.0
+                for m in range(2 * half):
+                    tap = fir[j, m]
+                    x = lin[c, base + lo + m:base + lo + m + count]
+                    for n in range(count):
+                        v[n] += tap * x[n]
+                for n in range(count):
+                    peaks[n] = max(peaks[n], abs(v[n]))
+        for n in range(n_chunk):
+            # Peak of frame t - half: the sample and the oversampled values on both sides of it.
+            centre = (t - half) & mask
+            peak = max(abs(lin[0, centre]), abs(lin[1, centre]))
+            ipeak = ipeaks[n]
+            peak = max(peak, ipeak, ipeak_prev)
+            ipeak_prev = ipeak
+            g_req = 1.0
+            if peak > ceiling:
+                g_req = ceiling / peak
+            # Sliding minimum over the last attack + 1 requirements. Every requirement is <= 1, so the
+            # minimum only needs a new scan when the value leaving the window was it and was below 1.
+            leaving = req[min_pos]
+            req[min_pos] = g_req
+            min_pos += 1
+            if min_pos == width:
+                min_pos = 0
+            if leaving > m_min or m_min >= 1.0:
+                m_min = min(m_min, g_req)
+            else:
+                m_min = req[0]
+                for k in range(1, width):
+                    m_min = min(m_min, req[k])
+            # Instant attack, one-pole release; never above its input, so the guarantee survives.
+            if m_min <= r:
+                r = m_min
+            else:
+                r += (m_min - r) * release
+                if m_min - r < _SNAP:
+                    r = m_min
+            # Box average over attack + 1 frames: a linear attack ramp that reaches g_req in time.
+            acc += r - avg[avg_pos]
+            avg[avg_pos] = r
+            avg_pos += 1
+            if avg_pos == width:
+                avg_pos = 0
+                acc = 0.0  # recomputed exactly once per lap, so rounding cannot drift (a run of 1.0 sums exactly)
+                for k in range(width):
+                    acc += avg[k]
+            gain = acc / width
+            if gain > 1.0:
+                gain = 1.0
+            # The audio, delayed by the whole look-ahead.
+            out = (t - latency) & mask
+            for c in range(2):
+                y = np.float32(lin[c, out] * gain) if gain != 1.0 else lin[c, out]
+                if y > ceiling32:
+                    y = ceiling32
+                elif y < -ceiling32:
+                    y = -ceiling32
+                block[done + n, c] = y
+            t += 1
+        done += n_chunk
     i[_LI_T] = t
     i[_LI_MIN_POS] = min_pos
     i[_LI_AVG_POS] = avg_pos
@@ -587,9 +615,11 @@ class Limiter:
         # Aim a hair under the ceiling so float32 rounding of the product never needs the clamp.
         self.ceiling = ceiling * (1.0 - 1e-6)
         self.release = _smoothing_coef(release_s, sample_rate)
-        size = 1 << int(max(self.latency_frames, 2 * _TP_HALF) + 1).bit_length()
+        # The delay line holds a chunk of frames (see limiter_block) plus the look-ahead.
+        size = 1 << int(_LIM_CHUNK + max(self.latency_frames, 2 * _TP_HALF) + 1).bit_length()
         self.lin = np.zeros((2, 2 * size), dtype=np.float32)   # the delay line, per channel, twice over
         self.fir = _true_peak_fir(_TP_HALF, _TP_OVER)
+        self.scratch = np.zeros((_TP_OVER, _LIM_CHUNK))   # a chunk's interpolated values per phase, then peaks
         self.req = np.ones(self.attack_frames + 1)
         self.avg = np.ones(self.attack_frames + 1)
         self.f = np.zeros(_LF_SIZE)
@@ -623,7 +653,7 @@ class Limiter:
 
     @property
     def state(self) -> tuple:
-        return (self.lin, self.req, self.avg, self.fir, self.f, self.i, self.ceiling, self.ceiling32, self.release,
+        return (self.lin, self.req, self.avg, self.fir, self.scratch, self.f, self.i, self.ceiling, self.ceiling32, self.release,
                 self.latency_frames, self.attack_frames)
 
     def process(self, block: np.ndarray) -> None:
