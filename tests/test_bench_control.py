@@ -6,7 +6,8 @@ import pytest
 
 from engine.output import JackDummyServer
 
-pytestmark = pytest.mark.skipif(not JackDummyServer.available(), reason="jackd is not installed (Debian: jackd2)")
+pytestmark = [pytest.mark.realtime,
+              pytest.mark.skipif(not JackDummyServer.available(), reason="jackd is not installed (Debian: jackd2)")]
 
 
 def test_bench_control_quick_measures_round_trips_and_command_to_audio():

@@ -20,6 +20,8 @@ from engine.core import Engine
 from engine.output import JackDummyServer
 from engine.track import load_track
 
+pytestmark = pytest.mark.realtime     # MIDI ports on a JACK server, timed round trips: run alone
+
 SR = 44100
 FLX4 = "presets/pioneer-ddj-flx4.toml"
 TRACK = "synth:bpm=124,seed=5,bars=8"

@@ -33,7 +33,8 @@ import pytest
 from audio_checks import kick_flux, kick_profile, profile_lag_ms
 from engine.output import JackDummyServer
 
-pytestmark = pytest.mark.skipif(not JackDummyServer.available(), reason="jackd is not installed (Debian: jackd2)")
+pytestmark = [pytest.mark.realtime,
+              pytest.mark.skipif(not JackDummyServer.available(), reason="jackd is not installed (Debian: jackd2)")]
 
 SR = 44100
 BLOCK = 256

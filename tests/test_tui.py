@@ -32,6 +32,8 @@ from tui.browser import filter_tracks, format_duration, harmonic_keys, sort_trac
 from tui.waveform import TrackView, render_waveform
 from tui.widgets import HelpScreen, loop_beats
 
+pytestmark = pytest.mark.realtime     # waits on the UI and the engine in time: run alone
+
 SR = 44100
 TRACK_A = "synth:bpm=124,bars=8"
 TRACK_B = "synth:bpm=128,bars=8,tonic=7,mode=major,seed=2"
