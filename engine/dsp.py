@@ -480,32 +480,13 @@ def limiter_block(block, n_frames, lin, req, avg, fir, scratch, f, i, ceiling, c
         count = n_chunk - lo
         peaks = ipeaks[lo:n_chunk]
         for c in range(2):
-            if n_phase == 3:
-                # The 4x interpolator's three phases in one pass over the taps.
-                v0 = scratch[0, :count]
-                v1 = scratch[1, :count]
-                v2 = scratch[2, :count]
-                v0[:] = 0.0
-                v1[:] = 0.0
-                v2[:] = 0.0
-                for m in range(2 * half):
-                    tap0 = fir[0, m]
-                    tap1 = fir[1, m]
-                    tap2 = fir[2, m]
-                    x = lin[c, base + lo + m:base + lo + m + count]
-                    for n in range(count):
-                        v0[n] += tap0 * x[n]
-                        v1[n] += tap1 * x[n]
-                        v2[n] += tap2 * x[n]
-                for n in range(count):
-                    peaks[n] = max(peaks[n], abs(v0[n]), abs(v1[n]), abs(v2[n]))
-                continue
+            history = lin[c, base + lo:base + n_chunk + 2 * half]
             for j in range(n_phase):
                 v = scratch[j, :count]
                 v[:] = 0.0
                 for m in range(2 * half):
                     tap = fir[j, m]
-                    x = lin[c, base + lo + m:base + lo + m + count]
+                    x = history[m:m + count]
                     for n in range(count):
                         v[n] += tap * x[n]
                 for n in range(count):
