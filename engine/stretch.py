@@ -756,7 +756,7 @@ def _det_finalise(mono, fi, det_mag, det_flux, det_centre, on_pos, on_mask, flux
     fi[_I_LAST_ONSET] = t
 
 
-@numba.njit(**_JIT)
+@numba.njit(inline="always", **_JIT)
 def _det_run_until(source, smask, slen, fi, known_until, det, flux_thresh_db):
     """Run the detector until every onset before source frame ``known_until`` is in the ring."""
     # An onset found at frame m lies at or after centre_m - 448 (refinement reach); frame m is
@@ -1116,7 +1116,7 @@ def _resample(buf, mask, length, x0, q0, q1, n, out, out_off, positions, pos_fro
 # --------------------------------------------------------------------------- block driver
 
 
-@numba.njit(**_JIT)
+@numba.njit(inline="always", **_JIT)
 def _ensure_pv(source, smask, slen, fi, ff, rate, hs, until_u, pv, det, flux_thresh_db, phase_lock, transients):
     """Compute vocoder frames until its output is complete for every time before ``until_u``."""
     half = pv[0].shape[0] // 2
@@ -1124,7 +1124,7 @@ def _ensure_pv(source, smask, slen, fi, ff, rate, hs, until_u, pv, det, flux_thr
         _pv_frame(source, smask, slen, fi, ff, rate, hs, pv, det, flux_thresh_db, phase_lock, transients)
 
 
-@numba.njit(**_JIT)
+@numba.njit(inline="always", **_JIT)
 def _prefetch(source, smask, slen, fi, ff, hs, pv, det, params):
     if fi[_I_MODE] < 1 or fi[_I_RESET] == 1 or fi[_I_FRAMES] == 0:
         return False     # no vocoder running (or a restart pending): nothing to compute ahead
@@ -1144,7 +1144,7 @@ def prefetch_block(state, source):
     return _prefetch(source, 0, source.shape[1], fi, ff, hs, pv, det, params)
 
 
-@numba.njit(**_JIT)
+@numba.njit(inline="always", **_JIT)
 def prefetch_block_int16(state, source):
     """:func:`prefetch_block` for int16 stems: reads the staging ring the last block filled."""
     fi, ff, hs, pv, det, rs, params, xfade, positions, stage, stage_valid, stage_reach = state
@@ -1219,7 +1219,7 @@ def _restart(mode, position, fi, ff, rate, q, hs, pv, zeros):
     fi[_I_LAST_ONSET] = -(1 << 62)
 
 
-@numba.njit(**_JIT)
+@numba.njit(inline="always", **_JIT)
 def _process(mode, src_old, mask_old, src_new, mask_new, slen, fi, ff, rate, q, n, out, positions, hs, pv, det, rs,
              params, xfade_buf):
     """One block: handle a pending reset or path switch (with crossfade), then render ``n`` frames.
@@ -1385,7 +1385,7 @@ def _stage_block(state, source):
     return old, new
 
 
-@numba.njit(**_JIT)
+@numba.njit(inline="always", **_JIT)
 def stretch_block_int16(state, source, out, n_frames, ratio, keylock, semitones):
     """:func:`stretch_block` for int16 stems (read as value / 32768).
 
