@@ -1422,7 +1422,7 @@ class StretchHandle(structref.StructRefProxy):
 structref.define_proxy(StretchHandle, _StretchHandleType, ["state"])
 
 
-@numba.njit(**_JIT)
+@numba.njit(inline="always", **_JIT)
 def stretch_handle_block(handle, source, out, n_frames, ratio, keylock, semitones):
     """:func:`stretch_block_int16` given :attr:`Stretcher.handle` (what the engine's decks call)."""
     return stretch_block_int16(handle.state, source, out, n_frames, ratio, keylock, semitones)
