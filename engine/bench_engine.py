@@ -62,8 +62,9 @@ import numpy as np
 
 from prep.audio import SAMPLE_RATE
 
-__all__ = ["bench_engine", "compare_checkouts", "build_engine", "time_engine", "engine_breakdown", "event_costs", "deck_memory",
-           "rubberband_costs", "make_tracks", "TEMPOS_BPM", "BLOCK_SIZES", "TARGET_REALTIME_FACTOR", "TARGET_DECK_MEMORY_BYTES"]
+__all__ = ["bench_engine", "compare_checkouts", "build_engine", "time_engine", "engine_breakdown", "event_costs",
+           "deck_memory", "rubberband_costs", "make_tracks", "TEMPOS_BPM", "BLOCK_SIZES", "TARGET_REALTIME_FACTOR",
+           "TARGET_DECK_MEMORY_BYTES"]
 
 TEMPOS_BPM = (124.0, 120.0, 126.0, 128.0)
 """Tempo of each deck's track; deck 0 leads the sync."""

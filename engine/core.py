@@ -114,10 +114,8 @@ def mix_decks(blocks, n_frames, fader_from, fader_to, pfl, mix, cue, meters, tap
     (``(n_decks, frames, 2)``, or empty) what it added is also kept in ``taps[d, tap_offset:]``. Then the
     master gain ramps from ``master_from`` to ``master_to`` over ``mix``.
     """
-    for i in range(n_frames):
-        for c in range(mix.shape[1]):
-            mix[i, c] = 0.0
-            cue[i, c] = 0.0
+    mix[:n_frames] = 0.0
+    cue[:n_frames] = 0.0
     for d in range(blocks.shape[0]):
         block = blocks[d]
         meters[d] = add_faded(mix, block, n_frames, fader_from[d], fader_to[d])
@@ -135,16 +133,9 @@ def mix_decks(blocks, n_frames, fader_from, fader_to, pfl, mix, cue, meters, tap
 def limit_into(bus, n_frames, limiter, out, out_offset, out_column):
     """Limit ``bus[:n_frames]`` in place (``limiter`` is :attr:`Limiter.state`), copy it into
     ``out[out_offset:, out_column:out_column + 2]``; returns its peak."""
-    lin, req, avg, fir, scratch, f, i, ceiling, ceiling32, release, latency, attack = limiter
-    limiter_block(bus, n_frames, lin, req, avg, fir, scratch, f, i, ceiling, ceiling32, release, latency, attack)
-    peak = 0.0
-    for n in range(n_frames):
-        for c in range(2):
-            v = bus[n, c]
-            out[out_offset + n, out_column + c] = v
-            if abs(v) > peak:
-                peak = abs(v)
-    return peak
+    limiter_block(bus, n_frames, *limiter)
+    out[out_offset:out_offset + n_frames, out_column:out_column + 2] = bus[:n_frames]
+    return block_peak(bus, n_frames)
 
 
 STRETCHERS = ("engine", "rubberband")
@@ -230,7 +221,7 @@ class Engine:
         self._taps = self.taps if deck_taps else np.zeros((0, 0, 2), np.float32)   # what the mixer kernel gets
         self._fader_applied = np.zeros(self.n_decks)
         self._fader_next = np.zeros(self.n_decks)
-        self._pfl = np.zeros(self.n_decks, np.bool_)     # the decks' pfl switches, for the mixer kernel
+        self._pfl = np.zeros(self.n_decks, np.bool_)     # the decks' pfl switches as the mixer kernel reads them
         self._leads = [[-1.0, deck] for deck in self.decks]   # [vocoder lead, deck], reused every block
         self._master_applied = 1.0
         self._hp_applied = (0.0, 1.0)
@@ -598,12 +589,14 @@ class Engine:
         mix = self._mix
         xf_left, xf_right = crossfader_gains(self.params["crossfader"], self.crossfader_curve)
         fader_next = self._fader_next
+        pfl = self._pfl
         for deck in decks:
             side = deck.side
             fader_next[deck.index] = deck.params["volume"] * (1.0 if side == "thru" else
                                                               xf_left if side == "A" else xf_right)
+            pfl[deck.index] = deck.pfl
         master = db_to_gain(self.params["master_gain_db"])
-        mix_decks(self._blocks, k, self._fader_applied, fader_next, self._pfl, mix, self._cue, self.meters,
+        mix_decks(self._blocks, k, self._fader_applied, fader_next, pfl, mix, self._cue, self.meters,
                   self._taps, offset, self._master_applied, master)
         self._master_applied = master
         out = self._out
@@ -893,7 +886,6 @@ class Engine:
 
     def _cmd_pfl(self, cmd: Command, deck: Deck) -> None:
         deck.pfl = cmd.args["on"]
-        self._pfl[deck.index] = deck.pfl
 
     def _cmd_xfader_side(self, cmd: Command, deck: Deck) -> None:
         deck.side = cmd.args["side"]

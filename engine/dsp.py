@@ -634,8 +634,8 @@ class Limiter:
 
     @property
     def state(self) -> tuple:
-        return (self.lin, self.req, self.avg, self.fir, self.scratch, self.f, self.i, self.ceiling, self.ceiling32, self.release,
-                self.latency_frames, self.attack_frames)
+        return (self.lin, self.req, self.avg, self.fir, self.scratch, self.f, self.i, self.ceiling, self.ceiling32,
+                self.release, self.latency_frames, self.attack_frames)
 
     def process(self, block: np.ndarray) -> None:
         """Limit ``block`` in place; the output is the input delayed by :attr:`latency_frames`.

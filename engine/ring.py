@@ -57,10 +57,10 @@ MIN_FILL = 12        # lowest fill found at a callback, frames (before it read)
 FRAMES_MIN = 13      # smallest and largest frames per callback
 FRAMES_MAX = 14
 FLAG_COUNTS = 15     # 5 words: PortAudio status flags, in CALLBACK_FLAGS order
-UNDERRUN_AT = 20     # callback indices of the first UNDERRUN_AT_SLOTS underruns
-UNDERRUN_AT_SLOTS = 64
-XRUN_AT = UNDERRUN_AT + UNDERRUN_AT_SLOTS      # ... and of the first as many callbacks with an xrun flag
-XRUN_CALLBACKS = XRUN_AT + UNDERRUN_AT_SLOTS   # callbacks with an xrun flag
+AT_SLOTS = 64        # callback indices kept of each kind of late callback
+UNDERRUN_AT = 20     # callback indices of the first AT_SLOTS underruns
+XRUN_AT = UNDERRUN_AT + AT_SLOTS      # ... and of the first AT_SLOTS callbacks with an xrun flag
+XRUN_CALLBACKS = XRUN_AT + AT_SLOTS   # callbacks with an xrun flag
 BLOCK_FRAMES = XRUN_CALLBACKS + 1   # frames per callback asked for (0: any)
 IRREGULAR = BLOCK_FRAMES + 1        # callbacks that asked for other than BLOCK_FRAMES
 DEVICE_POLICY = IRREGULAR + 1       # the device thread's scheduling policy, seen in the first callback (-1: not yet)
@@ -168,7 +168,7 @@ def device_callback(input_buffer, output, frame_count, time_info, status_flags, 
         ctl[DEVICE_POLICY] = _sched_getscheduler(0)
     if status_flags & _XRUN_BITS:
         xruns = ctl[XRUN_CALLBACKS]
-        if xruns < UNDERRUN_AT_SLOTS:
+        if xruns < AT_SLOTS:
             ctl[XRUN_AT + xruns] = index
         ctl[XRUN_CALLBACKS] = xruns + 1
     for bit in range(5):
@@ -205,7 +205,7 @@ def device_callback(input_buffer, output, frame_count, time_info, status_flags, 
         for k in range(n * channels):
             output[k] = 0.0
         underruns = ctl[UNDERRUNS]
-        if underruns < UNDERRUN_AT_SLOTS:
+        if underruns < AT_SLOTS:
             ctl[UNDERRUN_AT + underruns] = index
         ctl[UNDERRUNS] = underruns + 1
     ctl[CALLBACKS] = index + 1
@@ -291,9 +291,9 @@ class FrameRing:
         underruns = int(ctl[UNDERRUNS])
         xruns = int(ctl[XRUN_CALLBACKS])
         return {"callbacks": int(ctl[CALLBACKS]), "underruns": underruns,
-                "underrun_callbacks_at": [int(i) for i in ctl[UNDERRUN_AT:UNDERRUN_AT + min(underruns, UNDERRUN_AT_SLOTS)]],
+                "underrun_callbacks_at": [int(i) for i in ctl[UNDERRUN_AT:UNDERRUN_AT + min(underruns, AT_SLOTS)]],
                 "xrun_callbacks": xruns,
-                "xrun_callbacks_at": [int(i) for i in ctl[XRUN_AT:XRUN_AT + min(xruns, UNDERRUN_AT_SLOTS)]],
+                "xrun_callbacks_at": [int(i) for i in ctl[XRUN_AT:XRUN_AT + min(xruns, AT_SLOTS)]],
                 "flags": {name: int(ctl[FLAG_COUNTS + bit]) for bit, name in enumerate(CALLBACK_FLAGS)},
                 "frames_played": int(ctl[FRAMES_PLAYED]), "min_fill_frames": int(ctl[MIN_FILL]),
                 "frames_per_callback_min": int(ctl[FRAMES_MIN]), "frames_per_callback_max": int(ctl[FRAMES_MAX]),
