@@ -21,7 +21,8 @@ effect over generated music (``prep.synth``, 124 BPM) and reports:
   ``flanger`` and ``lowpass`` to the same material, file to file: its CPU time
   (child rusage) minus that of the same sox command without the effect, against
   ATE's CPU time for the same audio at 256-frame blocks: ``speed_ratio`` > 1
-  means ATE's effect is faster. sox's echo is a feed-forward tap (no feedback
+  means ATE's effect is faster (no ratio when sox's effect costs no more than
+  its passthrough within the timer's noise: ``cpu_s`` None). sox's echo is a feed-forward tap (no feedback
   loop, no filters), its reverb is Freeverb-based, its flanger has no tempo sync.
 
 Costs are CPU time because this machine is shared; compare ratios.
